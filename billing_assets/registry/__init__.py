@@ -1,0 +1,1 @@
+"""The source registry: which exporters exist and how to trust them."""

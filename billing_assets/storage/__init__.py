@@ -1,0 +1,1 @@
+"""The billing database: schema, migrations and the queries each asset runs."""

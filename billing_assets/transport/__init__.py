@@ -1,0 +1,1 @@
+"""Talking to exporters: TLS trust, authentication, pagination, validation."""

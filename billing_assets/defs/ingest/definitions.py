@@ -1,0 +1,6 @@
+import dagster as dg
+
+from billing_assets.defs.ingest.exporter_snapshots import exporter_snapshots
+from billing_assets.defs.ingest.usage_samples import usage_samples
+
+defs = dg.Definitions(assets=[exporter_snapshots, usage_samples])

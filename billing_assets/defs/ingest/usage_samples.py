@@ -1,0 +1,31 @@
+import dagster as dg
+
+from billing_assets.defs.partitions import billing_partitions
+from billing_assets.defs.resources import BillingStore
+from billing_assets.defs.run_context import run_each_slice, summed, window_metadata
+from billing_assets.pipeline.dedup import dedup_slice
+
+
+@dg.asset(
+    partitions_def=billing_partitions,
+    backfill_policy=dg.BackfillPolicy.single_run(),
+    deps=["exporter_snapshots"],
+    kinds={"sql"},
+    group_name="ingest",
+)
+def usage_samples(context: dg.AssetExecutionContext, billing: BillingStore) -> dg.MaterializeResult:
+    """Deduplicated samples: each sample identity at most once, first delivery wins.
+
+    Re-deliveries (overlaps, retries, replays) are no-ops enforced by the
+    primary key; a re-delivery with different totals is quarantined in
+    `sample_conflicts` instead of overwriting what was already billed.
+    Deliveries older than the dedup horizon are refused, never billed.
+    """
+    engine, horizon = billing.engine(), billing.horizon()
+    results = run_each_slice(context, billing, lambda source, work: dedup_slice(engine, source, work, horizon))
+    totals = summed(results, "staged", "inserted", "duplicates", "conflicts", "beyond_horizon")
+    if totals["conflicts"]:
+        context.log.warning(f"{totals['conflicts']} conflicting duplicate deliveries quarantined in sample_conflicts")
+    return dg.MaterializeResult(
+        metadata={**window_metadata([w for w, _ in results]), **totals, "dagster/row_count": totals["inserted"]}
+    )

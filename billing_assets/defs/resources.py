@@ -1,0 +1,45 @@
+"""The one resource every asset uses: where the database, registry and prices are.
+
+All fields default to environment variables read at run time, so definitions
+load without touching the network, the database or any secret.
+"""
+
+from __future__ import annotations
+
+import os
+
+import dagster as dg
+from sqlalchemy import Engine
+
+from billing_assets.core.pricing import Pricing
+from billing_assets.core.timeutil import parse_duration
+from billing_assets.registry.model import Registry, load_registry
+from billing_assets.registry.pricing_file import load_pricing
+from billing_assets.storage.engine import database_url, get_engine, migrate
+
+DEFAULT_SOURCES_FILE = "sources.yaml"
+
+
+def sources_file() -> str:
+    return os.environ.get("BILLING_SOURCES_FILE") or DEFAULT_SOURCES_FILE
+
+
+class BillingStore(dg.ConfigurableResource):
+    """Billing database, source registry and price list for a run."""
+
+    database_url: str | None = None
+    sources_file: str | None = None
+    pricing_file: str | None = None
+    dedup_horizon: str | None = None
+
+    def engine(self) -> Engine:
+        return migrate(get_engine(self.database_url or database_url()))
+
+    def registry(self) -> Registry:
+        return load_registry(self.sources_file or sources_file())
+
+    def pricing(self) -> Pricing:
+        return load_pricing(self.pricing_file or os.environ.get("BILLING_PRICING_FILE"))
+
+    def horizon(self):
+        return parse_duration(self.dedup_horizon or os.environ.get("BILLING_DEDUP_HORIZON") or "32d")

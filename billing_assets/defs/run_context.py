@@ -1,0 +1,59 @@
+"""What every billing asset does around its step: resolve slices and sources,
+turn failures into clear Dagster failures, and summarise metadata cheaply.
+
+Metadata is a handful of numbers per run, whatever the range length, so a
+60-minute single run costs about as many events as a one-minute run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import dagster as dg
+
+from billing_assets.core.timeutil import format_rfc3339, now_utc
+from billing_assets.defs.partitions import run_slices
+from billing_assets.defs.resources import BillingStore
+from billing_assets.pipeline.slices import Slice
+from billing_assets.registry.credentials import CredentialError
+from billing_assets.registry.model import RegistryError, Source
+from billing_assets.transport.errors import SourceFetchError
+
+EXPECTED_ERRORS = (SourceFetchError, RegistryError, CredentialError)
+
+
+def run_each_slice(
+    context: dg.AssetExecutionContext, store: BillingStore, step: Callable[[Source, Slice], Any]
+) -> list[tuple[Slice, Any]]:
+    slices = run_slices(context)
+    try:
+        registry = store.registry()
+        results = []
+        for work in slices:
+            source = registry.get(work.source_id)
+            context.log.info(
+                f"{work.source_id}: [{format_rfc3339(work.start)}, {format_rfc3339(work.end)}) ({work.minutes} min)"
+            )
+            results.append((work, step(source, work)))
+        return results
+    except EXPECTED_ERRORS as error:
+        raise dg.Failure(description=str(error), allow_retries=False) from None
+
+
+def window_metadata(slices: list[Slice], now: datetime | None = None) -> dict[str, Any]:
+    if not slices:
+        return {}
+    end = max(work.end for work in slices)
+    return {
+        "sources": ", ".join(sorted({work.source_id for work in slices})),
+        "window_start": format_rfc3339(min(work.start for work in slices)),
+        "window_end": format_rfc3339(end),
+        "minutes": sum(work.minutes for work in slices),
+        "lag_seconds": round(((now or now_utc()) - end).total_seconds(), 1),
+    }
+
+
+def summed(results: list[tuple[Slice, Any]], *fields: str) -> dict[str, int]:
+    return {field: int(sum(getattr(stats, field) for _, stats in results)) for field in fields}

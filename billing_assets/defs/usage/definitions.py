@@ -1,0 +1,5 @@
+import dagster as dg
+
+from billing_assets.defs.usage.usage_minute_buckets import usage_minute_buckets
+
+defs = dg.Definitions(assets=[usage_minute_buckets])

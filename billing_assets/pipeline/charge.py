@@ -1,0 +1,70 @@
+"""Ledger step: append the charges and corrections that make the ledger match.
+
+If another run appended for the same bucket between our read and our insert,
+the unique entry_seq constraint rejects our insert; we roll back, re-read and
+plan again, so the retry appends only what is still missing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+
+from sqlalchemy import Engine
+from sqlalchemy.exc import IntegrityError
+
+from billing_assets.core.ledger import plan_ledger_entries
+from billing_assets.core.pricing import Pricing, nanos_to_amount
+from billing_assets.core.timeutil import now_utc
+from billing_assets.pipeline.slices import Slice
+from billing_assets.registry.model import Source
+from billing_assets.storage import ledger as ledger_store
+from billing_assets.storage.sql import source_lock
+
+CHUNK = timedelta(hours=1)
+ATTEMPTS = 3
+
+
+@dataclass
+class LedgerStats:
+    buckets: int = 0
+    charges: int = 0
+    corrections: int = 0
+    amount_nanos: int = 0
+
+    @property
+    def amount(self) -> Decimal:
+        return nanos_to_amount(self.amount_nanos)
+
+
+def charge_slice(
+    engine: Engine,
+    source: Source,
+    work: Slice,
+    pricing: Pricing,
+    run_id: str | None = None,
+    clock: Callable[[], datetime] = now_utc,
+    chunk: timedelta = CHUNK,
+) -> LedgerStats:
+    stats = LedgerStats()
+    for part in work.chunks(chunk):
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                with engine.begin() as connection:
+                    source_lock(connection, "ledger", source.source_id)
+                    state = ledger_store.load_ledger_state(connection, source.source_id, part.start, part.end)
+                    entries = plan_ledger_entries(state, pricing)
+                    ledger_store.append_entries(connection, source.source_id, entries, pricing, clock(), run_id)
+                break
+            except IntegrityError:
+                if attempt == ATTEMPTS:
+                    raise
+        stats.buckets += len(state)
+        if not entries.empty:
+            kinds = entries["entry_kind"]
+            stats.charges += int((kinds == "charge").sum())
+            stats.corrections += int((kinds == "correction").sum())
+            stats.amount_nanos += int(entries["amount_nanos"].sum())
+    return stats

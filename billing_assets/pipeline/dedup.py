@@ -1,0 +1,27 @@
+"""Dedup step: staged deliveries of a slice (with its overlap) into usage_samples."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine
+
+from billing_assets.core.timeutil import now_utc
+from billing_assets.pipeline.slices import Slice
+from billing_assets.registry.model import Source
+from billing_assets.storage.samples import DedupStats, dedup_staged
+
+DEFAULT_DEDUP_HORIZON = timedelta(days=32)
+
+
+def dedup_slice(
+    engine: Engine,
+    source: Source,
+    work: Slice,
+    horizon: timedelta = DEFAULT_DEDUP_HORIZON,
+    clock: Callable[[], datetime] = now_utc,
+) -> DedupStats:
+    now = clock()
+    with engine.begin() as connection:
+        return dedup_staged(connection, source.source_id, work.start - source.overlap, work.end, now, now - horizon)

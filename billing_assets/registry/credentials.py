@@ -1,0 +1,61 @@
+"""Resolving `credential_ref` to a secret, one source at a time.
+
+Secrets are resolved at request time for the one source being fetched, so a
+missing token fails that source only, and no other source's secret is ever
+loaded into its client. Errors name the reference, never its content.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class CredentialError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A string that refuses to print itself."""
+
+    _value: str
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+
+def check_private_file(path: Path, what: str) -> None:
+    try:
+        mode = path.stat().st_mode
+    except OSError as error:
+        raise CredentialError(f"{what} file {path} cannot be read ({error.strerror})") from None
+    if mode & stat.S_IROTH:
+        raise CredentialError(f"{what} file {path} is world-readable; chmod 600 it")
+
+
+def resolve_secret(ref: str, what: str = "credential") -> Secret:
+    if ref.startswith("env:"):
+        name = ref[4:]
+        value = os.environ.get(name)
+        if not value:
+            raise CredentialError(f"{what} environment variable {name} is not set")
+        return Secret(value.strip())
+    if ref.startswith("file:"):
+        path = Path(ref[5:])
+        check_private_file(path, what)
+        try:
+            value = path.read_text()
+        except OSError as error:
+            raise CredentialError(f"{what} file {path} cannot be read ({error.strerror})") from None
+        if not value.strip():
+            raise CredentialError(f"{what} file {path} is empty")
+        return Secret(value.strip() if "PRIVATE KEY" not in value else value)
+    raise CredentialError(f"{what} reference must be env:NAME or file:/path")

@@ -1,0 +1,187 @@
+"""Registry entries, validated on load so a bad entry fails loudly by name.
+
+A registry mistake (an `http://` URL, a missing CA, two sources claiming the
+same node) would either leak credentials or mix two nodes' usage, so every
+rule from the design card is checked here, before anything is fetched.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from billing_assets.core.timeutil import parse_duration, utc
+
+SOURCE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+
+class RegistryError(ValueError):
+    """The registry file cannot be used; the message names the source and field."""
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class Source(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    source_id: str
+    node_id: str = Field(min_length=1)
+    env: str = Field(min_length=1)
+    base_url: str
+    enabled: bool = True
+    mode: Literal["window", "legacy_latest", "dual"] = "window"
+    auth_mode: Literal["mtls", "bearer"]
+    credential_ref: str
+    ca_bundle_ref: str
+    server_name: str = Field(min_length=1)
+    collect_interval: timedelta = timedelta(seconds=60)
+    request_timeout: timedelta = timedelta(seconds=10)
+    billing_start: datetime
+    overlap: timedelta = timedelta(seconds=60)
+    lag_budget: timedelta = timedelta(minutes=10)
+    page_limit: int = Field(default=100, ge=1, le=1000)
+    dev_allow_plain_http: bool = False
+
+    @field_validator("source_id")
+    @classmethod
+    def _source_id(cls, value: str) -> str:
+        if not SOURCE_ID.match(value):
+            raise ValueError("may hold only letters, digits, '-', '_' and '.' (1-64 characters)")
+        return value
+
+    @field_validator("collect_interval", "request_timeout", "overlap", "lag_budget", mode="before")
+    @classmethod
+    def _duration(cls, value):
+        return parse_duration(value) if isinstance(value, (str, int, float)) else value
+
+    @field_validator("billing_start")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        return utc(value)
+
+    @field_validator("credential_ref")
+    @classmethod
+    def _credential_ref(cls, value: str) -> str:
+        if not (value.startswith("env:") and len(value) > 4) and not (value.startswith("file:/")):
+            raise ValueError("must be 'env:NAME' or 'file:/absolute/path'")
+        return value
+
+    @field_validator("ca_bundle_ref")
+    @classmethod
+    def _ca_bundle_ref(cls, value: str) -> str:
+        if not value.startswith("file:/"):
+            raise ValueError("must be 'file:/absolute/path' to the pinned CA bundle")
+        return value
+
+    @model_validator(mode="after")
+    def _transport(self) -> "Source":
+        parts = urlsplit(self.base_url)
+        if not parts.hostname:
+            raise ValueError(f"base_url {self.base_url!r} has no host")
+        if parts.scheme == "http":
+            if not self.dev_allow_plain_http:
+                raise ValueError("base_url must be https:// (plain http:// needs dev_allow_plain_http on a loopback address)")
+            if not _is_loopback(parts.hostname):
+                raise ValueError("plain http:// is allowed only for loopback addresses, even with dev_allow_plain_http")
+        elif parts.scheme != "https":
+            raise ValueError(f"base_url must be https://, not {parts.scheme}://")
+        if parts.username or parts.password:
+            raise ValueError("base_url must not carry credentials; use credential_ref")
+        return self
+
+    @property
+    def ca_bundle_path(self) -> Path:
+        return Path(self.ca_bundle_ref.removeprefix("file:"))
+
+
+class Registry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    sources: tuple[Source, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique(self) -> "Registry":
+        seen_ids: set[str] = set()
+        seen_nodes: dict[tuple[str, str], str] = {}
+        for source in self.sources:
+            if source.source_id in seen_ids:
+                raise ValueError(f"source {source.source_id!r} is listed twice")
+            seen_ids.add(source.source_id)
+            node = (source.node_id, source.env)
+            if node in seen_nodes:
+                raise ValueError(
+                    f"sources {seen_nodes[node]!r} and {source.source_id!r} both claim node_id={node[0]!r} env={node[1]!r}; "
+                    "their usage would be billed into the same buckets"
+                )
+            seen_nodes[node] = source.source_id
+        return self
+
+    def get(self, source_id: str) -> Source:
+        for source in self.sources:
+            if source.source_id == source_id:
+                return source
+        raise RegistryError(f"source {source_id!r} is not in the registry")
+
+    @property
+    def enabled(self) -> list[Source]:
+        return [source for source in self.sources if source.enabled]
+
+
+def _describe(error: ValidationError, raw: dict) -> str:
+    lines = []
+    for item in error.errors():
+        loc = list(item["loc"])
+        where = "registry"
+        if len(loc) >= 2 and loc[0] == "sources" and isinstance(loc[1], int):
+            entries = raw.get("sources") or []
+            entry = entries[loc[1]] if loc[1] < len(entries) else {}
+            name = entry.get("source_id") if isinstance(entry, dict) else None
+            where = f"source {name!r}" if name else f"sources[{loc[1]}]"
+            loc = loc[2:]
+        field = ".".join(str(part) for part in loc) or "(entry)"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{where}: field {field}: {message}")
+    return "; ".join(lines)
+
+
+def parse_registry(raw: object, origin: str = "registry") -> Registry:
+    if not isinstance(raw, dict) or "sources" not in raw:
+        raise RegistryError(f"{origin}: expected a mapping with a 'sources:' list")
+    if not isinstance(raw["sources"], list):
+        raise RegistryError(f"{origin}: 'sources' must be a list")
+    try:
+        return Registry.model_validate(raw)
+    except ValidationError as error:
+        raise RegistryError(f"{origin}: {_describe(error, raw)}") from None
+
+
+def load_registry(path: str | Path) -> Registry:
+    """Read and validate the registry; any problem raises `RegistryError`.
+
+    Callers must treat an error as "unknown", never as "no sources": deleting
+    partitions because a file failed to parse would hide billing data.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise RegistryError(f"{path}: cannot read registry ({error.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise RegistryError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
+    return parse_registry(raw, str(path))

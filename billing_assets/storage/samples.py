@@ -1,0 +1,90 @@
+"""Dedup: staged deliveries become `usage_samples`, each identity at most once.
+
+Set-based SQL so the database, not Python, decides uniqueness: the primary
+key on the sample identity makes a concurrent insert of the same sample a
+no-op. The first delivery of an identity wins; a later delivery with other
+totals is recorded in `sample_conflicts` and never billed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import Connection
+
+from billing_assets.storage.sql import typed
+
+CONFLICT_REASON = "conflicting duplicate: same sample identity delivered with different totals; first delivery kept"
+
+_RANGE = "r.source_id = :source_id AND r.collected_at >= :since AND r.collected_at < :until"
+
+INSERT_FIRST_DELIVERIES = typed(
+    f"""
+    INSERT INTO usage_samples (source_id, node_id, env, uuid, inbound_tag, collected_at, email,
+                               uplink_bytes_total, downlink_bytes_total, ingested_at)
+    SELECT source_id, node_id, env, uuid, inbound_tag, collected_at, email,
+           uplink_bytes_total, downlink_bytes_total, :now
+    FROM (
+        SELECT r.*, ROW_NUMBER() OVER (
+            PARTITION BY r.node_id, r.env, r.uuid, r.inbound_tag, r.collected_at ORDER BY r.delivery_seq
+        ) AS delivery_rank
+        FROM exporter_snapshot_rows r
+        WHERE {_RANGE} AND r.collected_at >= :horizon
+    ) ranked
+    WHERE delivery_rank = 1
+    ON CONFLICT DO NOTHING
+    """,
+    {"since": "ts", "until": "ts", "now": "ts", "horizon": "ts"},
+)
+
+QUARANTINE_CONFLICTS = typed(
+    f"""
+    INSERT INTO sample_conflicts (source_id, node_id, env, uuid, inbound_tag, collected_at, window_start,
+        kept_uplink_bytes_total, kept_downlink_bytes_total,
+        rejected_uplink_bytes_total, rejected_downlink_bytes_total, reason, detected_at)
+    SELECT DISTINCT r.source_id, r.node_id, r.env, r.uuid, r.inbound_tag, r.collected_at, :window_start,
+        u.uplink_bytes_total, u.downlink_bytes_total, r.uplink_bytes_total, r.downlink_bytes_total,
+        :reason, :now
+    FROM exporter_snapshot_rows r
+    JOIN usage_samples u ON u.source_id = r.source_id AND u.node_id = r.node_id AND u.env = r.env
+        AND u.uuid = r.uuid AND u.inbound_tag = r.inbound_tag AND u.collected_at = r.collected_at
+    WHERE {_RANGE}
+      AND (u.uplink_bytes_total <> r.uplink_bytes_total OR u.downlink_bytes_total <> r.downlink_bytes_total)
+    ON CONFLICT DO NOTHING
+    """,
+    {"since": "ts", "until": "ts", "now": "ts", "window_start": "ts"},
+)
+
+COUNT_STAGED = typed(
+    f"""
+    SELECT COUNT(*), SUM(CASE WHEN r.collected_at < :horizon THEN 1 ELSE 0 END)
+    FROM exporter_snapshot_rows r WHERE {_RANGE}
+    """,
+    {"since": "ts", "until": "ts", "horizon": "ts"},
+)
+
+
+@dataclass(frozen=True)
+class DedupStats:
+    staged: int
+    inserted: int
+    conflicts: int
+    beyond_horizon: int
+
+    @property
+    def duplicates(self) -> int:
+        return self.staged - self.inserted - self.beyond_horizon
+
+
+def dedup_staged(
+    connection: Connection, source_id: str, since: datetime, until: datetime, now: datetime, horizon: datetime
+) -> DedupStats:
+    """Move first deliveries of [since, until) into usage_samples; quarantine conflicts."""
+    base = {"source_id": source_id, "since": since, "until": until}
+    staged, beyond = connection.execute(COUNT_STAGED, dict(base, horizon=horizon)).one()
+    inserted = connection.execute(INSERT_FIRST_DELIVERIES, dict(base, now=now, horizon=horizon)).rowcount
+    conflicts = connection.execute(
+        QUARANTINE_CONFLICTS, dict(base, now=now, window_start=since, reason=CONFLICT_REASON)
+    ).rowcount
+    return DedupStats(int(staged or 0), int(inserted or 0), int(conflicts or 0), int(beyond or 0))

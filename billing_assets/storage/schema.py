@@ -1,0 +1,148 @@
+"""Tables of the billing database; names and key columns are a read contract.
+
+Every uniqueness rule that protects against double charging is a database
+constraint here (primary keys, unique entry sequence), so it holds even when
+two runs race; Python checks are only the fast path.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
+
+from billing_assets.storage.types import Money, UTCDateTime
+
+metadata = MetaData()
+
+ID = String(256)
+# SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL needs 64 bits at fleet scale.
+SERIAL = BigInteger().with_variant(Integer, "sqlite")
+
+exporter_pages = Table(
+    "exporter_pages",
+    metadata,
+    Column("id", SERIAL, primary_key=True, autoincrement=True),
+    Column("source_id", ID, nullable=False),
+    Column("fetch_since", UTCDateTime, nullable=False),
+    Column("fetch_until", UTCDateTime, nullable=False),
+    Column("page_no", Integer, nullable=False),
+    Column("item_count", Integer, nullable=False),
+    Column("sample_count", Integer, nullable=False),
+    Column("body_bytes", BigInteger, nullable=False),
+    Column("emitted_at", UTCDateTime, nullable=False),
+    Column("received_at", UTCDateTime, nullable=False),
+    Column("run_id", String(64)),
+    Index("ix_exporter_pages_source_window", "source_id", "fetch_since"),
+)
+
+exporter_snapshot_rows = Table(
+    "exporter_snapshot_rows",
+    metadata,
+    Column("source_id", ID, nullable=False),
+    Column("node_id", ID, nullable=False),
+    Column("env", ID, nullable=False),
+    Column("uuid", ID, nullable=False),
+    Column("inbound_tag", ID, nullable=False),
+    Column("collected_at", UTCDateTime, nullable=False),
+    Column("email", Text, nullable=False),
+    Column("uplink_bytes_total", BigInteger, nullable=False),
+    Column("downlink_bytes_total", BigInteger, nullable=False),
+    Column("delivery_seq", BigInteger, nullable=False),
+    Column("fetched_at", UTCDateTime, nullable=False),
+    Index("ix_exporter_snapshot_rows_source_time", "source_id", "collected_at"),
+)
+
+usage_samples = Table(
+    "usage_samples",
+    metadata,
+    Column("source_id", ID, primary_key=True),
+    Column("node_id", ID, primary_key=True),
+    Column("env", ID, primary_key=True),
+    Column("uuid", ID, primary_key=True),
+    Column("inbound_tag", ID, primary_key=True),
+    Column("collected_at", UTCDateTime, primary_key=True),
+    Column("email", Text, nullable=False),
+    Column("uplink_bytes_total", BigInteger, nullable=False),
+    Column("downlink_bytes_total", BigInteger, nullable=False),
+    Column("ingested_at", UTCDateTime, nullable=False),
+    Index("ix_usage_samples_source_time", "source_id", "collected_at"),
+)
+
+sample_conflicts = Table(
+    "sample_conflicts",
+    metadata,
+    Column("id", SERIAL, primary_key=True, autoincrement=True),
+    Column("source_id", ID, nullable=False),
+    Column("node_id", ID, nullable=False),
+    Column("env", ID, nullable=False),
+    Column("uuid", ID, nullable=False),
+    Column("inbound_tag", ID, nullable=False),
+    Column("collected_at", UTCDateTime, nullable=False),
+    Column("window_start", UTCDateTime, nullable=False),
+    Column("kept_uplink_bytes_total", BigInteger, nullable=False),
+    Column("kept_downlink_bytes_total", BigInteger, nullable=False),
+    Column("rejected_uplink_bytes_total", BigInteger, nullable=False),
+    Column("rejected_downlink_bytes_total", BigInteger, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("detected_at", UTCDateTime, nullable=False),
+    UniqueConstraint(
+        "source_id", "node_id", "env", "uuid", "inbound_tag", "collected_at",
+        "rejected_uplink_bytes_total", "rejected_downlink_bytes_total",
+        name="uq_sample_conflicts_delivery",
+    ),
+    Index("ix_sample_conflicts_source_time", "source_id", "collected_at"),
+)
+
+usage_minute_buckets = Table(
+    "usage_minute_buckets",
+    metadata,
+    Column("node_id", ID, primary_key=True),
+    Column("env", ID, primary_key=True),
+    Column("uuid", ID, primary_key=True),
+    Column("inbound_tag", ID, primary_key=True),
+    Column("bucket_start", UTCDateTime, primary_key=True),
+    Column("source_id", ID, nullable=False),
+    Column("email", Text, nullable=False),
+    Column("uplink_bytes", BigInteger, nullable=False),
+    Column("downlink_bytes", BigInteger, nullable=False),
+    Column("sample_count", Integer, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_usage_minute_buckets_source_time", "source_id", "bucket_start"),
+)
+
+billing_ledger = Table(
+    "billing_ledger",
+    metadata,
+    Column("id", SERIAL, primary_key=True, autoincrement=True),
+    Column("node_id", ID, nullable=False),
+    Column("env", ID, nullable=False),
+    Column("uuid", ID, nullable=False),
+    Column("inbound_tag", ID, nullable=False),
+    Column("bucket_start", UTCDateTime, nullable=False),
+    Column("entry_seq", Integer, nullable=False),
+    Column("source_id", ID, nullable=False),
+    Column("email", Text, nullable=False),
+    Column("uplink_bytes", BigInteger, nullable=False),
+    Column("downlink_bytes", BigInteger, nullable=False),
+    Column("amount", Money, nullable=False),
+    Column("amount_nanos", BigInteger, nullable=False),
+    Column("currency", String(8), nullable=False),
+    Column("plan", String(64), nullable=False),
+    Column("entry_kind", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("run_id", String(64)),
+    UniqueConstraint("node_id", "env", "uuid", "inbound_tag", "bucket_start", "entry_seq", name="uq_billing_ledger_entry"),
+    Index("ix_billing_ledger_source_time", "source_id", "bucket_start"),
+)
+
+source_checkpoints = Table(
+    "source_checkpoints",
+    metadata,
+    Column("source_id", ID, primary_key=True),
+    Column("last_successful_until", UTCDateTime),
+    Column("last_cursor", Text),
+    Column("last_attempted_at", UTCDateTime),
+    Column("last_succeeded_at", UTCDateTime),
+    Column("last_error", Text),
+    Column("consecutive_failures", Integer, nullable=False, default=0),
+)
+
