@@ -268,6 +268,17 @@ def test_fail_first_n_then_recovers(server, client):
     assert get(client, server, "/v1/snapshots/latest").status_code == 503
 
 
+def test_stop_and_restart_keep_the_url(server, client):
+    """An outage at the transport level: connection refused, then the same
+    URL serves again."""
+    url = server.url
+    server.stop()
+    with pytest.raises(httpx.ConnectError):
+        get(client, server, "/healthz")
+    server.start()
+    assert server.url == url and get(client, server, "/healthz").status_code == 200
+
+
 def test_down_and_error_rate(server, client):
     server.faults = Faults(down=True)
     assert get(client, server, "/healthz").status_code == 503

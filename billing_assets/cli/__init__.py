@@ -1,0 +1,1 @@
+"""The `billing` console script: registry sync, status, demo."""

@@ -211,10 +211,13 @@ class ExporterServer:
             return self
         context = _ssl_context(self._tls, require_client_cert=self.auth == "mtls")
         self._httpd = _TlsHttpServer((self.host, self._requested_port), context, self)
+        # Keep the port across stop()/start(): an outage test restarts the
+        # exporter at the URL its sources are already registered with.
+        self._requested_port = self._httpd.server_address[1]
         self._thread = threading.Thread(
             target=self._httpd.serve_forever,
             kwargs={"poll_interval": 0.05},
-            name=f"billing-exporter:{self.port}",
+            name=f"billing-exporter:{self._requested_port}",
             daemon=True,
         )
         self._thread.start()
@@ -238,9 +241,9 @@ class ExporterServer:
 
     @property
     def port(self) -> int:
-        if self._httpd is None:
-            raise RuntimeError("server is not running")
-        return self._httpd.server_address[1]
+        if self._requested_port == 0:
+            raise RuntimeError("server has not been started (port 0 is not bound yet)")
+        return self._requested_port
 
     @property
     def url(self) -> str:

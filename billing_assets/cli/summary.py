@@ -1,0 +1,47 @@
+"""Per-source totals from the billing database, for the demo's closing table."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import Engine
+
+from billing_assets.core.pricing import nanos_to_amount
+from billing_assets.storage.sql import typed
+
+_TOTALS = typed(
+    """
+    SELECT
+      (SELECT COUNT(*) FROM usage_samples WHERE source_id = :s AND collected_at >= :start AND collected_at < :end),
+      (SELECT COUNT(*) FROM usage_minute_buckets WHERE source_id = :s AND bucket_start >= :start AND bucket_start < :end),
+      (SELECT COALESCE(SUM(uplink_bytes + downlink_bytes), 0) FROM usage_minute_buckets
+         WHERE source_id = :s AND bucket_start >= :start AND bucket_start < :end),
+      (SELECT COUNT(*) FROM billing_ledger WHERE source_id = :s AND bucket_start >= :start AND bucket_start < :end),
+      (SELECT COALESCE(SUM(amount_nanos), 0) FROM billing_ledger
+         WHERE source_id = :s AND bucket_start >= :start AND bucket_start < :end)
+    """,
+    {"start": "ts", "end": "ts"},
+)
+
+
+def source_totals(engine: Engine, source_id: str, start: datetime, end: datetime) -> dict:
+    with engine.connect() as connection:
+        samples, buckets, total_bytes, entries, nanos = connection.execute(
+            _TOTALS, {"s": source_id, "start": start, "end": end}
+        ).one()
+    return {
+        "samples": int(samples),
+        "buckets": int(buckets),
+        "bytes": int(total_bytes),
+        "ledger_entries": int(entries),
+        "amount": nanos_to_amount(int(nanos)),
+    }
+
+
+def human_bytes(value: int) -> str:
+    size = float(value)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
+        size /= 1024
+    return f"{value} B"
