@@ -23,7 +23,7 @@ def exporter_snapshots(context: dg.AssetExecutionContext, billing: BillingStore)
     """
     engine = billing.engine()
     results = run_each_slice(
-        context, billing, lambda source, work: fetch_slice(engine, source, work, run_id=context.run_id)
+        context, billing, lambda source, work: fetch_slice(engine, source, work, run_id=context.run.run_id)
     )
     totals = summed(results, "pages", "items", "samples", "body_bytes")
     return dg.MaterializeResult(

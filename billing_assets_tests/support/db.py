@@ -1,0 +1,41 @@
+"""Reading billing tables back in tests, as plain Python values."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from billing_assets.storage.schema import billing_ledger, usage_minute_buckets
+
+
+def buckets_by_key(engine, source_id: str | None = None) -> dict[tuple, tuple[int, int]]:
+    query = select(usage_minute_buckets)
+    if source_id:
+        query = query.where(usage_minute_buckets.c.source_id == source_id)
+    with engine.connect() as connection:
+        rows = connection.execute(query).mappings().all()
+    return {
+        (r["node_id"], r["env"], r["uuid"], r["inbound_tag"], r["bucket_start"]): (r["uplink_bytes"], r["downlink_bytes"])
+        for r in rows
+    }
+
+
+def nonzero(buckets: dict) -> dict:
+    return {key: value for key, value in buckets.items() if value != (0, 0)}
+
+
+def ledger_rows(engine, source_id: str | None = None) -> list[dict]:
+    query = select(billing_ledger).order_by(billing_ledger.c.id)
+    if source_id:
+        query = query.where(billing_ledger.c.source_id == source_id)
+    with engine.connect() as connection:
+        return [dict(row) for row in connection.execute(query).mappings()]
+
+
+def ledger_sums(engine, source_id: str | None = None) -> dict[tuple, tuple[int, int]]:
+    sums: dict[tuple, list[int]] = {}
+    for row in ledger_rows(engine, source_id):
+        key = (row["node_id"], row["env"], row["uuid"], row["inbound_tag"], row["bucket_start"])
+        total = sums.setdefault(key, [0, 0])
+        total[0] += row["uplink_bytes"]
+        total[1] += row["downlink_bytes"]
+    return {key: (v[0], v[1]) for key, v in sums.items()}
