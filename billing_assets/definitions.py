@@ -2,21 +2,22 @@
 
 Steps run in-process: the four billing steps of a run are a strict chain that
 waits on the network and the database, so separate step processes would only
-add start-up time per run.
+add start-up time per run. Domain modules are imported as modules (not their
+`defs` objects) because Dagster refuses several Definitions at module scope.
 """
 
 import dagster as dg
 
-from billing_assets.defs.ingest.definitions import defs as ingest_defs
-from billing_assets.defs.ledger.definitions import defs as ledger_defs
-from billing_assets.defs.ops.definitions import defs as ops_defs
+from billing_assets.defs.ingest import definitions as ingest
+from billing_assets.defs.ledger import definitions as ledger
+from billing_assets.defs.ops import definitions as ops
 from billing_assets.defs.resources import BillingStore
-from billing_assets.defs.usage.definitions import defs as usage_defs
+from billing_assets.defs.usage import definitions as usage
 
 defs = dg.Definitions.merge(
-    ingest_defs,
-    usage_defs,
-    ledger_defs,
-    ops_defs,
+    ingest.defs,
+    usage.defs,
+    ledger.defs,
+    ops.defs,
     dg.Definitions(resources={"billing": BillingStore()}, executor=dg.in_process_executor),
 )
