@@ -61,7 +61,9 @@ class ExporterProcesses:
                 "--node-id", f"node-{index + 1:03d}", "--env", "bench", "--seed", str(index + 1),
                 "--users", str(shape.users), "--tags-per-user", str(shape.tags), "--interval", str(shape.interval_s),
             ]  # fmt: skip
-            proc = subprocess.Popen(cmd, env=dict(os.environ, **{variable: token}), stdout=subprocess.PIPE, text=True)
+            proc = subprocess.Popen(
+                cmd, env=dict(os.environ, **{variable: token}), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+            )
             self.procs.append(proc)
             url = self._wait_listening(proc)
             self.entries.append(

@@ -43,10 +43,11 @@ class ExporterFleet:
         faults: Faults | None = None,
         clock=None,
         restart_every_s: int | None = 1800,
+        tls: TlsMaterial | None = None,
         **entry_overrides,
     ) -> RunningExporter:
         server_name = server_name or f"{source_id}.exporter.test"
-        tls = generate_tls_material(self.root / "tls" / source_id, server_names=(server_name,))
+        tls = tls or generate_tls_material(self.root / "tls" / source_id, server_names=(server_name,))
         shape = TrafficShape(
             node_id=f"node-{source_id}", env="test", source_id=source_id, seed=seed, users=users,
             interval_s=interval_s, restart_every_s=restart_every_s,

@@ -1,0 +1,231 @@
+"""Benchmark the billing pipeline end to end against reference exporters.
+
+    .venv/bin/python -m bench.run --preset quick         # seconds, SQLite
+    .venv/bin/python -m bench.run --preset target        # 10 x 1000 users, 1 h, SQLite + PostgreSQL
+    .venv/bin/python -m bench.run --preset memory        # 1 x 10,000 users, 6 h, PostgreSQL: peak RSS
+    .venv/bin/python -m bench.run --preset fleet         # 100 sources x 32 days of partitions: control plane
+
+Exporters run as separate processes on loopback over HTTPS (generated CA,
+bearer tokens); every measured job runs in a child process so its peak RSS is
+its own. PostgreSQL is a throwaway server started like the tests' (fsync off)
+unless --postgres-admin-url points at one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from contextlib import ExitStack
+from dataclasses import asdict, replace
+from datetime import timedelta
+from pathlib import Path
+
+from bench.exporters import ExporterProcesses, Shape
+
+PRESETS: dict[str, dict] = {
+    "quick": {"shape": Shape(2, 50, 1.5, 15, 10), "databases": ["sqlite"], "overhead": False},
+    "target": {"shape": Shape(10, 1000, 1.5, 15, 60), "databases": ["sqlite", "postgres"], "overhead": True},
+    "memory": {"shape": Shape(1, 10_000, 1.5, 15, 360, page_limit=10), "databases": ["postgres"], "overhead": False},
+    "fleet": {"fleet": True},
+}
+
+
+def spawn(job: dict) -> dict:
+    """Run one job in a child process; its result plus its own peak RSS."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.worker", json.dumps(job)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert proc.stdout is not None
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        raise SystemExit(f"{job['mode']} job failed (exit {proc.returncode}):\n{output[-3000:]}")
+    line = next(line for line in reversed(output.splitlines()) if line.startswith("BENCH-RESULT "))
+    result = json.loads(line.removeprefix("BENCH-RESULT "))
+    result["peak_rss_mib"] = usage.ru_maxrss / 1024
+    return result
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores, {memory:.0f} GiB, {cpu}, Python {platform.python_version()}"
+
+
+def database_urls(names: list[str], root: Path, admin_url: str | None, stack: ExitStack):
+    """A factory of fresh, empty databases of each requested kind."""
+    server = None
+    if "postgres" in names and not admin_url:
+        from billing_assets_tests.support.pg import pg_binaries_available, start_postgres
+
+        if not pg_binaries_available():
+            raise SystemExit("PostgreSQL binaries (initdb, pg_ctl) not on PATH; pass --postgres-admin-url or --db sqlite")
+        server = start_postgres()
+        stack.callback(server.stop)
+    counter = iter(range(1_000_000))
+
+    def fresh(kind: str) -> str:
+        if kind == "sqlite":
+            return f"sqlite:///{root / f'billing-{next(counter)}.sqlite'}"
+        if server is not None:
+            return server.create_database("bench")
+        import uuid
+
+        import psycopg
+        from sqlalchemy.engine import make_url
+
+        name = f"bench_{uuid.uuid4().hex[:12]}"
+        url = make_url(admin_url)
+        with psycopg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return url.set(database=name).render_as_string(hide_password=False)
+
+    return fresh
+
+
+def dagster_home(root: Path, name: str) -> str:
+    home = root / name
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    return str(home)
+
+
+def throughput(args, shape: Shape, databases: list[str], with_overhead: bool) -> dict:
+    from billing_assets.core.timeutil import floor_minute, now_utc
+
+    report: dict = {"shape": asdict(shape), "label": shape.label(), "machine": machine(), "databases": {}}
+    with ExitStack() as stack:
+        root = Path(args.workdir) if args.workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="billing-bench-")))
+        root.mkdir(parents=True, exist_ok=True)
+        end = floor_minute(now_utc()) - timedelta(minutes=5)
+        start = end - timedelta(minutes=shape.minutes)
+        exporters = ExporterProcesses(root)
+        stack.callback(exporters.stop)
+        exporters.start(shape, billing_start=start - timedelta(days=1))
+        registry = exporters.write_registry(root / "sources.yaml")
+        source_ids = [entry["source_id"] for entry in exporters.entries]
+        fresh = database_urls(databases, root, args.postgres_admin_url, stack)
+        common = {"sources_file": str(registry), "start": start.isoformat(), "end": end.isoformat(), "source_ids": source_ids}
+        print(f"shape: {shape.label()} (~{shape.expected_samples:,} samples)", flush=True)
+        baseline = spawn({**common, "mode": "baseline"})
+        report["baseline"] = baseline
+        _print_baseline(baseline)
+        for kind in databases:
+            job = {**common, "mode": "pipeline", "database_url": fresh(kind), "dagster_home": dagster_home(root, f"dagster-{kind}")}
+            result = spawn(job)
+            result["samples_per_s"] = result["samples"] / result["wall_s"]
+            result["ratio_to_baseline"] = result["samples_per_s"] / (baseline["samples"] / baseline["wall_s"])
+            report["databases"][kind] = result
+            _print_pipeline(kind, result)
+        if with_overhead:
+            kind = databases[-1]
+            job = {
+                **common, "mode": "overhead", "source_ids": source_ids[:1], "small_minutes": args.overhead_minutes,
+                "long_minutes": 60, "database_url": fresh(kind), "dagster_home": dagster_home(root, "dagster-overhead"),
+            }  # fmt: skip
+            # Dagster's own cost: a 20-user exporter so data costs nearly nothing.
+            small = ExporterProcesses(root / "overhead")
+            stack.callback(small.stop)
+            small.start(replace(shape, sources=1, users=20), billing_start=start - timedelta(days=1))
+            job["sources_file"] = str(small.write_registry(root / "overhead-sources.yaml"))
+            job["source_ids"] = [small.entries[0]["source_id"]]
+            result = spawn(job)
+            report["overhead"] = {**result, "database": kind}
+            _print_overhead(kind, result)
+    return report
+
+
+def _print_baseline(result: dict) -> None:
+    rate = result["samples"] / result["wall_s"]
+    print(
+        f"baseline (download + json.loads): {result['samples']:,} samples, {result['pages']} pages, "
+        f"{result['body_bytes'] / 1e6:.0f} MB in {result['wall_s']:.1f}s = {rate:,.0f} samples/s, "
+        f"peak RSS {result['peak_rss_mib']:.0f} MiB",
+        flush=True,
+    )
+
+
+def _print_pipeline(kind: str, result: dict) -> None:
+    stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in result["stages_s"].items())
+    rows = sum(result["rows"].values())
+    print(
+        f"pipeline on {kind}: {result['samples']:,} samples in {result['wall_s']:.1f}s = "
+        f"{result['samples_per_s']:,.0f} samples/s ({result['ratio_to_baseline']:.2f} of baseline); "
+        f"stages: {stages}; peak RSS {result['peak_rss_mib']:.0f} MiB; rows written {rows:,} {result['rows']}",
+        flush=True,
+    )
+
+
+def _print_overhead(kind: str, result: dict) -> None:
+    print(
+        f"dagster overhead on {kind}: 1-minute run {result['one_minute_run_s']:.2f}s, "
+        f"{result['long_minutes']}-minute single run {result['long_run_s']:.2f}s "
+        f"({result['long_run_s'] / result['one_minute_run_s']:.2f}x a 1-minute run); "
+        f"{result['small_minutes']} minutes as one run {result['small_single_run_s']:.2f}s vs one run per minute "
+        f"{result['small_per_minute_runs_s']:.2f}s (ratio {result['small_per_minute_runs_s'] / result['small_single_run_s']:.1f}x)",
+        flush=True,
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", choices=sorted(PRESETS), default="quick")
+    p.add_argument("--sources", type=int)
+    p.add_argument("--users", type=int)
+    p.add_argument("--tags", type=float, help="inbound tags per user (mean)")
+    p.add_argument("--interval", type=int, help="seconds between exporter snapshots")
+    p.add_argument("--minutes", type=int, help="length of the range")
+    p.add_argument("--page-limit", type=int, help="snapshots per page (registry page_limit)")
+    p.add_argument("--db", action="append", choices=["sqlite", "postgres"], help="repeatable; default per preset")
+    p.add_argument("--overhead", action=argparse.BooleanOptionalAction, help="measure Dagster's per-run overhead")
+    p.add_argument("--overhead-minutes", type=int, default=10)
+    p.add_argument("--postgres-admin-url", help="use this server (a superuser URL) instead of starting one")
+    p.add_argument("--workdir", help="keep exporters' certs, databases and DAGSTER_HOME here")
+    p.add_argument("--json", help="also write the full report here")
+    p.add_argument("--fleet-sources", type=int, default=100)
+    p.add_argument("--fleet-days", type=int, default=32)
+    p.add_argument("--fleet-materialized-hours", type=float, default=24.0, help="recent hours recorded as materialized")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    preset = PRESETS[args.preset]
+    os.environ.setdefault("DAGSTER_TELEMETRY_DISABLED", "1")
+    if preset.get("fleet"):
+        from bench.fleet import run_fleet
+
+        report = run_fleet(args)
+    else:
+        shape = preset["shape"]
+        overrides = {
+            "sources": args.sources, "users": args.users, "tags": args.tags, "interval_s": args.interval,
+            "minutes": args.minutes, "page_limit": args.page_limit,
+        }  # fmt: skip
+        shape = replace(shape, **{k: v for k, v in overrides.items() if v is not None})
+        with_overhead = preset["overhead"] if args.overhead is None else args.overhead
+        report = throughput(args, shape, args.db or preset["databases"], with_overhead)
+    report["preset"] = args.preset
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

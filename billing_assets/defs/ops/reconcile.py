@@ -1,0 +1,102 @@
+"""Reconcile: re-materialize a trailing range of each source to absorb late data.
+
+Reconcile is a partition backfill: the schedule launches, per enabled source,
+one range run over the trailing horizon (what a single-run backfill launches),
+and `billing reconcile` submits a real backfill an operator can watch in the UI.
+Either way the steps are the normal ones: samples already seen are no-ops,
+buckets converge to the batch answer, and the ledger appends corrections only
+where a bucket's value changed.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime
+
+import dagster as dg
+from dagster._core.execution.backfill import PartitionBackfill
+
+from billing_assets.cli.runs import BILLING_ASSETS
+from billing_assets.core.timeutil import MINUTE, floor_minute, format_rfc3339
+from billing_assets.defs.ops import clock
+from billing_assets.defs.ops.collection_sensor import range_request
+from billing_assets.defs.ops.due_windows import ceil_minute
+from billing_assets.defs.ops.run_tags import source_tags
+from billing_assets.defs.ops.settings import CollectSettings, reconcile_horizon
+from billing_assets.defs.partitions import SOURCES_PARTITION, minute_partitions, partition_key
+from billing_assets.defs.resources import BillingStore
+from billing_assets.registry.model import RegistryError, Source
+
+
+class ReconcileError(ValueError):
+    """The requested reconcile cannot be submitted; the message says why."""
+
+
+def reconcile_window(source: Source, since: datetime, until: datetime) -> tuple[datetime, datetime]:
+    """[since, until) as whole minutes, clipped to what this source may bill and the partitions hold."""
+    start = max(floor_minute(since), floor_minute(source.billing_start), ceil_minute(minute_partitions.start))
+    end = floor_minute(until)
+    if end <= start:
+        raise ReconcileError(
+            f"nothing to reconcile for {source.source_id!r}: [{format_rfc3339(start)}, {format_rfc3339(end)}) is empty"
+        )
+    return start, end
+
+
+def submit_reconcile_backfill(
+    instance: dg.DagsterInstance, defs: dg.Definitions, source_id: str, start: datetime, end: datetime
+) -> str:
+    """Adds an asset backfill of the four billing assets over [start, end) of one source.
+
+    The assets' BackfillPolicy.single_run() makes the backfill daemon launch it
+    as one run per contiguous range, tagged like a collection run.
+    """
+    if source_id not in instance.get_dynamic_partitions(SOURCES_PARTITION):
+        raise ReconcileError(f"source {source_id!r} is not a registered partition; run `billing sources sync` first")
+    keys, minute = [], start
+    while minute < end:
+        keys.append(partition_key(minute, source_id))
+        minute += MINUTE
+    backfill_id = uuid.uuid4().hex[:8]
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id=backfill_id,
+        asset_graph=defs.resolve_asset_graph(),
+        partition_names=keys,
+        asset_selection=[dg.AssetKey(name) for name in BILLING_ASSETS],
+        backfill_timestamp=time.time(),
+        tags=source_tags(source_id, "reconcile"),
+        dynamic_partitions_store=instance,
+        all_partitions=False,
+        title=f"reconcile {source_id} [{format_rfc3339(start)}, {format_rfc3339(end)})",
+        description="billing reconcile: re-materialize a range; the ledger changes only by corrections",
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    return backfill_id
+
+
+@dg.schedule(
+    cron_schedule="*/30 * * * *",
+    execution_timezone="UTC",
+    default_status=dg.DefaultScheduleStatus.RUNNING,
+    target=dg.AssetSelection.assets(*BILLING_ASSETS),
+)
+def reconcile_schedule(context: dg.ScheduleEvaluationContext, billing: BillingStore):
+    """Every 30 minutes, one range run per enabled source over the trailing horizon."""
+    try:
+        registry = billing.registry()
+    except RegistryError as error:
+        return dg.SkipReason(f"registry not loaded: {error}")
+    until = clock.now() - CollectSettings.from_env().lag
+    registered = set(context.instance.get_dynamic_partitions(SOURCES_PARTITION))
+    requests = []
+    for source in registry.enabled:
+        if source.source_id not in registered or source.mode == "legacy_latest":
+            continue
+        try:
+            start, end = reconcile_window(source, until - reconcile_horizon(), until)
+        except ReconcileError:
+            continue
+        requests.append(range_request(source.source_id, start, end, "reconcile"))
+    return requests or dg.SkipReason("no enabled source to reconcile")

@@ -1,0 +1,67 @@
+"""What a failed billing run left behind: rows per table, the checkpoint, and
+every text Dagster recorded, so security tests can assert "failed for this
+reason and wrote nothing" and "no secret anywhere" against the real stores."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import dagster as dg
+from sqlalchemy import func, select
+
+from billing_assets.cli.runs import materialize_range
+from billing_assets.definitions import defs
+from billing_assets.storage import checkpoints
+from billing_assets.storage.schema import (
+    billing_ledger,
+    exporter_pages,
+    exporter_snapshot_rows,
+    usage_minute_buckets,
+    usage_samples,
+)
+
+WRITTEN_TABLES = (exporter_pages, exporter_snapshot_rows, usage_samples, usage_minute_buckets, billing_ledger)
+
+
+def run_minutes(billing_env, source_id: str, start: datetime, end: datetime) -> dg.ExecuteInProcessResult:
+    """One real Dagster run over [start, end) of one source; failures are returned, not raised."""
+    return materialize_range(defs, billing_env.instance(), source_id, start, end, raise_on_error=False)
+
+
+def rows_written(engine, source_id: str) -> dict[str, int]:
+    with engine.connect() as connection:
+        return {
+            table.name: connection.execute(
+                select(func.count()).select_from(table).where(table.c.source_id == source_id)
+            ).scalar_one()
+            for table in WRITTEN_TABLES
+        }
+
+
+def nothing_written(engine, source_id: str) -> bool:
+    return not any(rows_written(engine, source_id).values())
+
+
+def checkpoint(engine, source_id: str) -> dict | None:
+    with engine.connect() as connection:
+        return checkpoints.read_checkpoint(connection, source_id)
+
+
+def failure_text(result: dg.ExecuteInProcessResult) -> str:
+    """Every step failure's message and description, as an operator sees them."""
+    parts = []
+    for event in result.get_step_failure_events():
+        data = event.step_failure_data
+        if data.user_failure_data is not None and data.user_failure_data.description:
+            parts.append(data.user_failure_data.description)
+        if data.error is not None:
+            parts.append(data.error.to_string())
+    return "\n".join(parts)
+
+
+def everything_dagster_recorded(instance: dg.DagsterInstance, run_id: str) -> str:
+    """All event log records of a run (metadata included), its config and tags."""
+    run = instance.get_run_by_id(run_id)
+    texts = [str(record) for record in instance.all_logs(run_id)]
+    texts += [repr(run.run_config), repr(run.tags), repr(run)]
+    return "\n".join(texts)
