@@ -9,6 +9,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import dagster as dg
+import hypothesis  # noqa: F401 - compile it now: CPython 3.11.7 can crash (gh-106905) compiling it lazily while exporter threads run
 import pytest
 
 from billing_assets.core.timeutil import floor_minute, now_utc
