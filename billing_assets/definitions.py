@@ -8,6 +8,7 @@ add start-up time per run. Domain modules are imported as modules (not their
 
 import dagster as dg
 
+from billing_assets.defs.health import definitions as health
 from billing_assets.defs.ingest import definitions as ingest
 from billing_assets.defs.ledger import definitions as ledger
 from billing_assets.defs.ops import definitions as ops
@@ -19,5 +20,6 @@ defs = dg.Definitions.merge(
     usage.defs,
     ledger.defs,
     ops.defs,
+    health.defs,
     dg.Definitions(resources={"billing": BillingStore()}, executor=dg.in_process_executor),
 )

@@ -40,6 +40,18 @@ def _db_upgrade(args) -> int:
     return 0
 
 
+def _status(args) -> int:
+    from billing_assets.cli.status import run_status
+
+    return run_status(as_json=args.json)
+
+
+def _reconcile(args) -> int:
+    from billing_assets.cli.reconcile import run_reconcile
+
+    return run_reconcile(args.source, args.since, args.until, wait=args.wait)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="billing", description="billing_assets operator commands")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -56,6 +68,17 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--users", type=int, default=50)
     demo.add_argument("--workdir", help="keep everything here instead of a temporary directory")
     demo.set_defaults(handler=_demo)
+
+    status = commands.add_parser("status", help="per-source health; exit 1 when an enabled source is over its lag budget")
+    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.set_defaults(handler=_status)
+
+    reconcile = commands.add_parser("reconcile", help="submit a backfill that re-materializes a source's range")
+    reconcile.add_argument("--source", required=True)
+    reconcile.add_argument("--since", required=True, help="RFC3339, inclusive (floored to the minute)")
+    reconcile.add_argument("--until", required=True, help="RFC3339, exclusive (floored to the minute)")
+    reconcile.add_argument("--wait", action="store_true", help="block until the backfill finishes (needs a running daemon)")
+    reconcile.set_defaults(handler=_reconcile)
 
     db = commands.add_parser("db", help="billing database").add_subparsers(dest="action", required=True)
     db.add_parser("upgrade", help="apply migrations").set_defaults(handler=_db_upgrade)

@@ -19,6 +19,7 @@ from billing_assets.defs.resources import BillingStore
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.credentials import CredentialError
 from billing_assets.registry.model import RegistryError, Source
+from billing_assets.storage import checkpoints
 from billing_assets.transport.errors import SourceFetchError
 
 EXPECTED_ERRORS = (SourceFetchError, RegistryError, CredentialError)
@@ -39,7 +40,17 @@ def run_each_slice(
             results.append((work, step(source, work)))
         return results
     except EXPECTED_ERRORS as error:
+        if isinstance(error, RegistryError):
+            _record_registry_failure(store, slices, error)
         raise dg.Failure(description=str(error), allow_retries=False) from None
+
+
+def _record_registry_failure(store: BillingStore, slices: list[Slice], error: RegistryError) -> None:
+    """An unusable registry stops these sources' collection: say so where `billing status` looks."""
+    now = now_utc()
+    with store.engine().begin() as connection:
+        for source_id in sorted({work.source_id for work in slices}):
+            checkpoints.record_failure(connection, source_id, f"source {source_id!r}: not collected, registry problem: {error}", now)
 
 
 def window_metadata(slices: list[Slice], now: datetime | None = None) -> dict[str, Any]:

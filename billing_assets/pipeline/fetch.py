@@ -1,5 +1,8 @@
 """Fetch step: every page of a slice (plus overlap) staged in one transaction.
 
+Pages stream: each is validated, written with COPY/executemany and dropped
+before the next is requested, so memory is bounded by page size, not range.
+
 The overlap before the slice re-reads the tail of the previous window, which
 is how late deliveries there get picked up; dedup makes the re-read free.
 One transaction per slice means a failure on page 7 leaves nothing staged and
@@ -18,6 +21,7 @@ from billing_assets.core.timeutil import now_utc
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.model import Source
 from billing_assets.storage import checkpoints, snapshots
+from billing_assets.storage.sql import time_param
 from billing_assets.transport.client import ExporterClient, RetryPolicy
 from billing_assets.transport.envelope import WindowPage
 from billing_assets.transport.errors import SourceFetchError
@@ -32,23 +36,31 @@ class FetchStats:
     fetch_since: datetime | None = None
 
 
-def page_rows(source: Source, page: WindowPage, first_seq: int, fetched_at: datetime) -> Iterator[dict]:
+def page_rows(
+    source_id: str, page: WindowPage, first_seq: int, fetched_at: object, stamp: Callable[[datetime], object]
+) -> Iterator[tuple]:
+    """Staging tuples (`snapshots.STAGED_COLUMNS` order) of one validated page.
+
+    `stamp` turns a datetime into the driver's form once per snapshot, not per sample.
+    """
     seq = first_seq
+    node_id, env = page.node_id, page.env
     for item in page.items:
+        collected_at = stamp(item.collected_at)
         for sample in item.samples:
-            yield {
-                "source_id": source.source_id,
-                "node_id": page.node_id,
-                "env": page.env,
-                "uuid": sample.uuid,
-                "inbound_tag": sample.inbound_tag,
-                "collected_at": item.collected_at,
-                "email": sample.email,
-                "uplink_bytes_total": sample.uplink_bytes_total,
-                "downlink_bytes_total": sample.downlink_bytes_total,
-                "delivery_seq": seq,
-                "fetched_at": fetched_at,
-            }
+            yield (
+                source_id,
+                node_id,
+                env,
+                sample["uuid"],
+                sample["inbound_tag"],
+                collected_at,
+                sample["email"],
+                sample["uplink_bytes_total"],
+                sample["downlink_bytes_total"],
+                seq,
+                fetched_at,
+            )
             seq += 1
 
 
@@ -68,10 +80,13 @@ def fetch_slice(
     try:
         with ExporterClient(source, retry) as client, engine.begin() as connection:
             snapshots.clear_staged(connection, source.source_id, since, until)
+            stamp = time_param(connection)
+            fetched_at = stamp(now)
             last_cursor = None
             for fetched in client.iter_window(since, until):
                 page = fetched.page
-                written = snapshots.stage_rows(connection, page_rows(source, page, stats.samples, now))
+                rows = page_rows(source.source_id, page, stats.samples, fetched_at, stamp)
+                written = snapshots.stage_rows(connection, rows)
                 snapshots.record_page(
                     connection,
                     source_id=source.source_id,
@@ -90,6 +105,7 @@ def fetch_slice(
                 stats.samples += written
                 stats.body_bytes += fetched.body_bytes
                 last_cursor = fetched.cursor
+                del fetched, page, rows  # one page in memory at a time, not two
             checkpoints.record_success(connection, source.source_id, since, until, last_cursor, clock())
     except SourceFetchError as error:
         with engine.begin() as connection:

@@ -59,3 +59,21 @@ def resolve_secret(ref: str, what: str = "credential") -> Secret:
             raise CredentialError(f"{what} file {path} is empty")
         return Secret(value.strip() if "PRIVATE KEY" not in value else value)
     raise CredentialError(f"{what} reference must be env:NAME or file:/path")
+
+
+def _is_header_safe(token: str) -> bool:
+    return all(0x21 <= ord(char) <= 0x7E for char in token)
+
+
+def resolve_bearer_token(ref: str) -> Secret:
+    """The token of one source, checked to be sendable as a header value.
+
+    A token with a line break or non-ASCII character would otherwise fail
+    deep inside the HTTP library, in an exception that may quote the header.
+    """
+    token = resolve_secret(ref, "bearer token")
+    if not _is_header_safe(token.reveal()):
+        raise CredentialError(
+            f"bearer token in {ref} holds characters not allowed in a token (only printable ASCII without spaces)"
+        )
+    return token

@@ -12,18 +12,27 @@ import re
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from billing_assets.core.timeutil import parse_duration, utc
 
 SOURCE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+DNS_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 
 class RegistryError(ValueError):
     """The registry file cannot be used; the message names the source and field."""
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
 
 
 def _is_loopback(host: str) -> bool:
@@ -41,6 +50,8 @@ class Source(BaseModel):
     source_id: str
     node_id: str = Field(min_length=1)
     env: str = Field(min_length=1)
+    # Declared before base_url so base_url's validator can see it.
+    dev_allow_plain_http: bool = False
     base_url: str
     enabled: bool = True
     mode: Literal["window", "legacy_latest", "dual"] = "window"
@@ -54,7 +65,6 @@ class Source(BaseModel):
     overlap: timedelta = timedelta(seconds=60)
     lag_budget: timedelta = timedelta(minutes=10)
     page_limit: int = Field(default=100, ge=1, le=1000)
-    dev_allow_plain_http: bool = False
 
     @field_validator("source_id")
     @classmethod
@@ -67,6 +77,40 @@ class Source(BaseModel):
     @classmethod
     def _duration(cls, value):
         return parse_duration(value) if isinstance(value, (str, int, float)) else value
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url(cls, value: str, info: ValidationInfo) -> str:
+        # Messages never echo the URL: a malformed one may carry userinfo.
+        parts = urlsplit(value.strip())
+        if parts.username or parts.password:
+            raise ValueError("must not carry credentials; use credential_ref")
+        scheme = parts.scheme.lower()
+        if scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"must be https://, not {scheme}://" if scheme and parts.netloc else "must be https://host[:port]")
+        if not parts.hostname:
+            raise ValueError("has no host")
+        try:
+            parts.port
+        except ValueError:
+            raise ValueError("has an invalid port") from None
+        if parts.query or parts.fragment:
+            raise ValueError("must not carry a query or fragment")
+        if scheme == "http":
+            if not info.data.get("dev_allow_plain_http"):
+                raise ValueError("must be https:// (plain http:// needs dev_allow_plain_http: true and a loopback address)")
+            if not _is_loopback(parts.hostname):
+                raise ValueError("plain http:// is allowed only for loopback addresses, even with dev_allow_plain_http")
+        # Store "HTTPS://" as "https://": urlsplit lowercases the scheme but string
+        # checks do not, and no later check may read it as non-TLS.
+        return urlunsplit(parts._replace(scheme=scheme))
+
+    @field_validator("server_name")
+    @classmethod
+    def _server_name(cls, value: str) -> str:
+        if not (DNS_NAME.match(value) or _is_ip(value)):
+            raise ValueError("must be the host name in the exporter's certificate (no scheme, port or path)")
+        return value
 
     @field_validator("billing_start")
     @classmethod
@@ -87,21 +131,10 @@ class Source(BaseModel):
             raise ValueError("must be 'file:/absolute/path' to the pinned CA bundle")
         return value
 
-    @model_validator(mode="after")
-    def _transport(self) -> "Source":
-        parts = urlsplit(self.base_url)
-        if not parts.hostname:
-            raise ValueError(f"base_url {self.base_url!r} has no host")
-        if parts.scheme == "http":
-            if not self.dev_allow_plain_http:
-                raise ValueError("base_url must be https:// (plain http:// needs dev_allow_plain_http on a loopback address)")
-            if not _is_loopback(parts.hostname):
-                raise ValueError("plain http:// is allowed only for loopback addresses, even with dev_allow_plain_http")
-        elif parts.scheme != "https":
-            raise ValueError(f"base_url must be https://, not {parts.scheme}://")
-        if parts.username or parts.password:
-            raise ValueError("base_url must not carry credentials; use credential_ref")
-        return self
+    @property
+    def plain_http(self) -> bool:
+        """Only ever true for a validated local-development entry (flag set, loopback host)."""
+        return urlsplit(self.base_url).scheme == "http"
 
     @property
     def ca_bundle_path(self) -> Path:

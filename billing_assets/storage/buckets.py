@@ -9,32 +9,27 @@ cheap and makes "rows written" a truthful measure of what a replay changed.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 
 import pandas as pd
 from sqlalchemy import Connection
 
-from billing_assets.core.buckets import BUCKET_COLUMNS, BUCKET_KEY, SAMPLE_COLUMNS
+from billing_assets.core.buckets import BUCKET_COLUMNS, BUCKET_KEY, SAMPLE_COLUMNS, SERIES
 from billing_assets.storage.schema import usage_minute_buckets
-from billing_assets.storage.sql import frame, typed, upsert
+from billing_assets.storage.sql import bulk_upsert, read_frame, time_column, time_param, time_select, typed
 
-_SAMPLE_TYPES = {"collected_at": "ts", "uplink_bytes_total": "int", "downlink_bytes_total": "int"}
+_SAMPLE_SELECT = "{node_id}, {env}, {uuid}, {inbound_tag}, {collected_at}, {email}, {uplink_bytes_total}, {downlink_bytes_total}"
 
-WINDOW_SAMPLES = typed(
-    """
-    SELECT node_id, env, uuid, inbound_tag, collected_at, email, uplink_bytes_total, downlink_bytes_total
-    FROM usage_samples
-    WHERE source_id = :source_id AND collected_at >= :start AND collected_at < :end
-    """,
-    {"start": "ts", "end": "ts"},
-    _SAMPLE_TYPES,
-)
+WINDOW_SAMPLES = """
+    SELECT {columns}
+    FROM usage_samples s
+    WHERE s.source_id = :source_id AND s.collected_at >= :start AND s.collected_at < :end
+"""
 
 # One query for every series' last sample before the window: an index seek per
 # series on the primary key (source_id, node_id, env, uuid, inbound_tag, collected_at).
-BASELINES = typed(
-    """
-    SELECT s.node_id, s.env, s.uuid, s.inbound_tag, s.collected_at, s.email,
-           s.uplink_bytes_total, s.downlink_bytes_total
+BASELINES = """
+    SELECT {columns}
     FROM (
         SELECT DISTINCT node_id, env, uuid, inbound_tag FROM usage_samples
         WHERE source_id = :source_id AND collected_at >= :start AND collected_at < :end
@@ -47,26 +42,62 @@ BASELINES = typed(
         WHERE p.source_id = :source_id AND p.node_id = w.node_id AND p.env = w.env
           AND p.uuid = w.uuid AND p.inbound_tag = w.inbound_tag AND p.collected_at < :start
      )
-    """,
-    {"start": "ts", "end": "ts"},
-    _SAMPLE_TYPES,
-)
+"""
 
-EXISTING_BUCKETS = typed(
-    """
-    SELECT node_id, env, uuid, inbound_tag, bucket_start, email, uplink_bytes, downlink_bytes, sample_count
-    FROM usage_minute_buckets
-    WHERE source_id = :source_id AND bucket_start >= :start AND bucket_start < :end
-    """,
-    {"start": "ts", "end": "ts"},
-    {"bucket_start": "ts", "uplink_bytes": "int", "downlink_bytes": "int", "sample_count": "int"},
-)
+# The same on PostgreSQL, as a LATERAL seek: with the join form its planner
+# (misled by fresh ranges past its statistics) hash-joins the source's whole
+# history, which grows with every day kept.
+BASELINES_LATERAL = """
+    SELECT {columns}
+    FROM (
+        SELECT DISTINCT node_id, env, uuid, inbound_tag FROM usage_samples
+        WHERE source_id = :source_id AND collected_at >= :start AND collected_at < :end
+    ) w
+    CROSS JOIN LATERAL (
+        SELECT * FROM usage_samples p
+        WHERE p.source_id = :source_id AND p.node_id = w.node_id AND p.env = w.env
+          AND p.uuid = w.uuid AND p.inbound_tag = w.inbound_tag AND p.collected_at < :start
+        ORDER BY p.collected_at DESC
+        LIMIT 1
+    ) s
+"""
+
+EXISTING_BUCKETS = """
+    SELECT b.node_id, b.env, b.uuid, b.inbound_tag, {bucket_start}, b.email, b.uplink_bytes, b.downlink_bytes, b.sample_count
+    FROM usage_minute_buckets b
+    WHERE b.source_id = :source_id AND b.bucket_start >= :start AND b.bucket_start < :end
+"""
+
+WRITE_COLUMNS = (*BUCKET_KEY, "source_id", "email", "uplink_bytes", "downlink_bytes", "sample_count", "updated_at")
+UPDATE_COLUMNS = ("source_id", "email", "uplink_bytes", "downlink_bytes", "sample_count", "updated_at")
+_RANGE_PARAMS = {"start": "ts", "end": "ts"}
+
+
+@lru_cache(maxsize=None)
+def _statements(dialect: str, time_sql: str) -> dict:
+    """Statements with each time column read in the dialect's bulk-parsable form."""
+    columns = _SAMPLE_SELECT.format(
+        **{name: f"s.{name}" for name in SAMPLE_COLUMNS if name != "collected_at"},
+        collected_at=time_sql.format(column="s.collected_at"),
+    )
+    return {
+        "window": typed(WINDOW_SAMPLES.format(columns=columns), _RANGE_PARAMS),
+        "baselines": typed((BASELINES_LATERAL if dialect == "postgresql" else BASELINES).format(columns=columns), _RANGE_PARAMS),
+        "existing": typed(EXISTING_BUCKETS.format(bucket_start=time_sql.format(column="b.bucket_start")), _RANGE_PARAMS),
+    }
+
+
+def statements(connection: Connection) -> dict:
+    return _statements(connection.dialect.name, time_select(connection, "{column}"))
 
 
 def load_window(connection: Connection, source_id: str, start: datetime, end: datetime) -> tuple[pd.DataFrame, pd.DataFrame]:
     params = {"source_id": source_id, "start": start, "end": end}
-    samples = frame(connection, WINDOW_SAMPLES, params, SAMPLE_COLUMNS)
-    baselines = frame(connection, BASELINES, params, SAMPLE_COLUMNS) if not samples.empty else samples.iloc[0:0]
+    sql = statements(connection)
+    samples = read_frame(connection, sql["window"], params, SAMPLE_COLUMNS, times=["collected_at"])
+    if samples.empty:
+        return samples, samples.iloc[0:0]
+    baselines = read_frame(connection, sql["baselines"], params, SAMPLE_COLUMNS, times=["collected_at"])
     return samples, baselines
 
 
@@ -74,10 +105,10 @@ def changed_buckets(connection: Connection, source_id: str, start: datetime, end
     """Rows of `computed` that differ from (or are missing in) the stored buckets."""
     if computed.empty:
         return computed
-    stored = frame(connection, EXISTING_BUCKETS, {"source_id": source_id, "start": start, "end": end}, BUCKET_COLUMNS)
+    params = {"source_id": source_id, "start": start, "end": end}
+    stored = read_frame(connection, statements(connection)["existing"], params, BUCKET_COLUMNS, times=["bucket_start"])
     if stored.empty:
         return computed
-    stored["bucket_start"] = pd.to_datetime(stored["bucket_start"], utc=True)
     merged = computed.merge(stored, on=BUCKET_KEY, how="left", suffixes=("", "_stored"), indicator=True)
     differs = merged["_merge"] == "left_only"
     for column in ("email", "uplink_bytes", "downlink_bytes", "sample_count"):
@@ -88,16 +119,14 @@ def changed_buckets(connection: Connection, source_id: str, start: datetime, end
 def write_buckets(connection: Connection, source_id: str, buckets: pd.DataFrame, now: datetime) -> int:
     if buckets.empty:
         return 0
-    rows = buckets.assign(source_id=source_id, updated_at=now).to_dict("records")
-    for row in rows:
-        row["bucket_start"] = row["bucket_start"].to_pydatetime()
-        for column in ("uplink_bytes", "downlink_bytes", "sample_count"):
-            row[column] = int(row[column])
-    upsert(
-        connection,
-        usage_minute_buckets,
-        rows,
-        key=BUCKET_KEY,
-        update=["source_id", "email", "uplink_bytes", "downlink_bytes", "sample_count", "updated_at"],
+    count = len(buckets)
+    updated_at = time_param(connection)(now)
+    rows = zip(
+        *(buckets[column].tolist() for column in SERIES),
+        time_column(connection, buckets["bucket_start"]),
+        [source_id] * count,
+        buckets["email"].tolist(),
+        *(buckets[column].astype("int64").tolist() for column in ("uplink_bytes", "downlink_bytes", "sample_count")),
+        [updated_at] * count,
     )
-    return len(rows)
+    return bulk_upsert(connection, usage_minute_buckets.name, WRITE_COLUMNS, rows, key=BUCKET_KEY, update=UPDATE_COLUMNS)

@@ -15,7 +15,7 @@ from sqlalchemy import Connection
 from billing_assets.core.ledger import LEDGER_STATE_COLUMNS
 from billing_assets.core.pricing import Pricing, nanos_to_amount
 from billing_assets.storage.schema import billing_ledger
-from billing_assets.storage.sql import frame, typed
+from billing_assets.storage.sql import bulk_insert, frame, time_column, time_param, typed
 
 _KEY_JOIN = "l.node_id = b.node_id AND l.env = b.env AND l.uuid = b.uuid AND l.inbound_tag = b.inbound_tag AND l.bucket_start = b.bucket_start"
 
@@ -61,29 +61,38 @@ def load_ledger_state(connection: Connection, source_id: str, start: datetime, e
     return state
 
 
+APPEND_COLUMNS = (
+    "node_id", "env", "uuid", "inbound_tag", "bucket_start", "entry_seq", "source_id", "email", "uplink_bytes",
+    "downlink_bytes", "amount", "amount_nanos", "currency", "plan", "entry_kind", "created_at", "run_id",
+)  # fmt: skip
+
+
 def append_entries(
     connection: Connection, source_id: str, entries: pd.DataFrame, pricing: Pricing, now: datetime, run_id: str | None
 ) -> int:
+    """Append in bulk (COPY / executemany); a racing duplicate still raises IntegrityError."""
     if entries.empty:
         return 0
-    rows = entries.to_dict("records")
-    for row in rows:
-        nanos = int(row["amount_nanos"])
-        row.update(
-            source_id=source_id,
-            amount=nanos_to_amount(nanos),
-            amount_nanos=nanos,
-            currency=pricing.currency,
-            created_at=now,
-            run_id=run_id,
-            uplink_bytes=int(row["uplink_bytes"]),
-            downlink_bytes=int(row["downlink_bytes"]),
-            entry_seq=int(row["entry_seq"]),
-        )
-        if hasattr(row["bucket_start"], "to_pydatetime"):
-            row["bucket_start"] = row["bucket_start"].to_pydatetime()
-    connection.execute(billing_ledger.insert(), rows)
-    return len(rows)
+    count = len(entries)
+    nanos = entries["amount_nanos"].astype("int64").tolist()
+    created_at = time_param(connection)(now)
+    rows = zip(
+        *(entries[column].tolist() for column in ("node_id", "env", "uuid", "inbound_tag")),
+        time_column(connection, entries["bucket_start"]),
+        entries["entry_seq"].astype("int64").tolist(),
+        [source_id] * count,
+        entries["email"].tolist(),
+        entries["uplink_bytes"].astype("int64").tolist(),
+        entries["downlink_bytes"].astype("int64").tolist(),
+        [str(nanos_to_amount(value)) for value in nanos],
+        nanos,
+        [pricing.currency] * count,
+        entries["plan"].tolist(),
+        entries["entry_kind"].tolist(),
+        [created_at] * count,
+        [run_id] * count,
+    )
+    return bulk_insert(connection, billing_ledger.name, APPEND_COLUMNS, rows)
 
 
 def count_ledger_mismatches(connection: Connection, source_id: str, start: datetime, end: datetime) -> int:

@@ -13,7 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection
 
-from billing_assets.storage.sql import typed
+from billing_assets.storage.sql import prefer_hash_joins, typed
 
 CONFLICT_REASON = "conflicting duplicate: same sample identity delivered with different totals; first delivery kept"
 
@@ -50,6 +50,7 @@ QUARANTINE_CONFLICTS = typed(
     JOIN usage_samples u ON u.source_id = r.source_id AND u.node_id = r.node_id AND u.env = r.env
         AND u.uuid = r.uuid AND u.inbound_tag = r.inbound_tag AND u.collected_at = r.collected_at
     WHERE {_RANGE}
+      AND u.source_id = :source_id AND u.collected_at >= :since AND u.collected_at < :until
       AND (u.uplink_bytes_total <> r.uplink_bytes_total OR u.downlink_bytes_total <> r.downlink_bytes_total)
     ON CONFLICT DO NOTHING
     """,
@@ -84,7 +85,20 @@ def dedup_staged(
     base = {"source_id": source_id, "since": since, "until": until}
     staged, beyond = connection.execute(COUNT_STAGED, dict(base, horizon=horizon)).one()
     inserted = connection.execute(INSERT_FIRST_DELIVERIES, dict(base, now=now, horizon=horizon)).rowcount
+    prefer_hash_joins(connection)  # the conflict join below; see sql.prefer_hash_joins
     conflicts = connection.execute(
         QUARANTINE_CONFLICTS, dict(base, now=now, window_start=since, reason=CONFLICT_REASON)
     ).rowcount
     return DedupStats(int(staged or 0), int(inserted or 0), int(conflicts or 0), int(beyond or 0))
+
+
+def quarantined(connection: Connection, source_id: str, since: datetime, until: datetime, limit: int = 3) -> tuple[int, list[dict]]:
+    """How many conflicting deliveries of [since, until) (by collected_at) are quarantined, and the first few."""
+    from sqlalchemy import func, select
+
+    from billing_assets.storage.schema import sample_conflicts as table
+
+    where = (table.c.source_id == source_id, table.c.collected_at >= since, table.c.collected_at < until)
+    count = connection.execute(select(func.count()).select_from(table).where(*where)).scalar_one()
+    examples = connection.execute(select(table).where(*where).order_by(table.c.collected_at, table.c.id).limit(limit))
+    return int(count), [dict(row) for row in examples.mappings()]

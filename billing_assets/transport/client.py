@@ -8,6 +8,7 @@ cannot fix (TLS trust, 401/403, bad JSON, wrong node) fails at once.
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import httpx
 from pydantic import ValidationError
 
 from billing_assets.core.timeutil import format_rfc3339
-from billing_assets.registry.credentials import CredentialError, resolve_secret
+from billing_assets.registry.credentials import CredentialError, resolve_bearer_token
 from billing_assets.registry.model import Source
 from billing_assets.transport.envelope import LatestSnapshot, WindowPage, check_identity, describe_validation
 from billing_assets.transport.errors import SourceFetchError
@@ -45,6 +46,17 @@ class FetchedPage:
     cursor: str | None
 
 
+def _trust(source: Source) -> ssl.SSLContext | bool:
+    """The source's pinned, verifying context; there is no way to get a non-verifying one.
+
+    A `plain_http` dev source (loopback only, see the registry) has no TLS at
+    all, so it gets httpx's default verifying context, which is never used.
+    """
+    if source.plain_http:
+        return True
+    return build_ssl_context(source)
+
+
 class ExporterClient:
     """An HTTPS client bound to exactly one source and its own credential."""
 
@@ -54,15 +66,14 @@ class ExporterClient:
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if source.auth_mode == "bearer":
             try:
-                token = resolve_secret(source.credential_ref, "bearer token").reveal()
+                token = resolve_bearer_token(source.credential_ref).reveal()
             except CredentialError as error:
                 raise SourceFetchError(source.source_id, str(error)) from None
             headers["Authorization"] = f"Bearer {token}"
-        verify = build_ssl_context(source) if source.base_url.startswith("https://") else False
         self._http = httpx.Client(
             base_url=source.base_url.rstrip("/"),
             headers=headers,
-            verify=verify,
+            verify=_trust(source),
             timeout=source.request_timeout.total_seconds(),
             follow_redirects=False,
             trust_env=False,

@@ -64,6 +64,19 @@ def _short(error: BaseException) -> str:
     return error.__class__.__name__
 
 
+# Alerts the exporter sends when it refuses *us*; OpenSSL's names are exact but
+# cryptic, so the reason leads with what the operator has to fix.
+_PEER_ALERTS = {
+    "TLSV13_ALERT_CERTIFICATE_REQUIRED": "the exporter requires a client certificate (mTLS) and none was presented",
+    "SSLV3_ALERT_HANDSHAKE_FAILURE": "the exporter refused the handshake (client certificate missing or not acceptable?)",
+    "TLSV1_ALERT_UNKNOWN_CA": "the exporter does not trust our client certificate (unknown CA)",
+    "SSLV3_ALERT_BAD_CERTIFICATE": "the exporter rejected our client certificate",
+    "SSLV3_ALERT_CERTIFICATE_EXPIRED": "the exporter rejected our client certificate as expired",
+    "SSLV3_ALERT_CERTIFICATE_REVOKED": "the exporter rejected our client certificate as revoked",
+    "WRONG_VERSION_NUMBER": "the endpoint does not speak TLS",
+}
+
+
 def describe_tls_failure(error: BaseException) -> str | None:
     """A human reason for a TLS failure found anywhere in an exception chain."""
     seen = set()
@@ -72,6 +85,8 @@ def describe_tls_failure(error: BaseException) -> str | None:
         if isinstance(error, ssl.SSLCertVerificationError):
             return f"TLS certificate verification failed: {error.verify_message or error.reason}"
         if isinstance(error, ssl.SSLError):
-            return f"TLS handshake failed: {error.reason or error.__class__.__name__}"
+            reason = error.reason or error.__class__.__name__
+            hint = _PEER_ALERTS.get(reason)
+            return f"TLS handshake failed: {hint} ({reason})" if hint else f"TLS handshake failed: {reason}"
         error = error.__cause__ or error.__context__
     return None

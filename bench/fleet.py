@@ -1,0 +1,279 @@
+"""The control plane at fleet scale: 100 sources x 32 days of minute partitions.
+
+Builds a Dagster instance (PostgreSQL storage, as production at this scale)
+holding materialization records for the recent part of the partition space,
+then times what an operator and the daemon do against it: the collection
+sensor's tick, `billing status`, submitting a 2-hour reconcile backfill of
+every source, and the UI's GraphQL partition-status query through a real
+`dagster-webserver`. Nothing here talks to exporters: sources point at a
+closed loopback port and are only ever listed, never fetched.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from contextlib import ExitStack
+from datetime import timedelta
+from pathlib import Path
+
+import yaml
+
+PARTITION_STATUS_QUERY = """
+query PartitionStatus($assetKey: AssetKeyInput!) {
+  assetNodeOrError(assetKey: $assetKey) {
+    ... on AssetNode {
+      assetPartitionStatuses {
+        ... on MultiPartitionStatuses {
+          primaryDimensionName
+          ranges {
+            primaryDimStartKey
+            primaryDimEndKey
+            secondaryDim {
+              ... on DefaultPartitionStatuses { materializedPartitions failedPartitions }
+              ... on TimePartitionStatuses { ranges { startKey endKey status } }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+"""
+
+BACKFILL_MUTATION = """
+mutation Backfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on PythonError { message }
+    ... on PartitionSetNotFoundError { message }
+    ... on InvalidSubsetError { message }
+    ... on UnauthorizedError { message }
+  }
+}
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _registry(path: Path, count: int, billing_start: str) -> list[str]:
+    ids = [f"fleet-{index:03d}" for index in range(1, count + 1)]
+    entries = [
+        {
+            "source_id": source_id, "node_id": f"node-{source_id}", "env": "fleet", "base_url": "https://127.0.0.1:9",
+            "auth_mode": "bearer", "credential_ref": "env:BENCH_FLEET_TOKEN", "ca_bundle_ref": f"file:{path}",
+            "server_name": "fleet.bench.test", "billing_start": billing_start,
+        }  # fmt: skip
+        for source_id in ids
+    ]
+    path.write_text(yaml.safe_dump({"sources": entries}, sort_keys=False))
+    return ids
+
+
+def _record_materializations(instance, asset_keys: list[str], source_ids: list[str], minutes: list) -> int:
+    """Materialization events as a ranged run writes them (one per partition), in batches."""
+    import dagster as dg
+    from dagster._core.events import DagsterEvent, DagsterEventType, StepMaterializationData
+    from dagster._core.events.log import EventLogEntry
+
+    from billing_assets.defs.partitions import partition_key
+
+    written = 0
+    for asset in asset_keys:
+        for source_id in source_ids:
+            batch = []
+            for minute in minutes:
+                key = partition_key(minute, source_id)
+                materialization = dg.AssetMaterialization(asset_key=asset, partition=key, tags=key.tags_for_partition_key() if hasattr(key, "tags_for_partition_key") else None)
+                event = DagsterEvent(
+                    event_type_value=DagsterEventType.ASSET_MATERIALIZATION.value,
+                    job_name="__ASSET_JOB",
+                    event_specific_data=StepMaterializationData(materialization),
+                )
+                batch.append(
+                    EventLogEntry(
+                        error_info=None, level=logging.INFO, user_message="", run_id="", timestamp=time.time(),
+                        dagster_event=event,
+                    )  # fmt: skip
+                )
+            instance.event_log_storage.store_event_batch(batch)
+            written += len(batch)
+    return written
+
+
+def _timed(fn, *args, **kwargs) -> tuple[float, object]:
+    began = time.perf_counter()
+    value = fn(*args, **kwargs)
+    return time.perf_counter() - began, value
+
+
+def _graphql(url: str, query: str, variables: dict) -> dict:
+    request = urllib.request.Request(
+        f"{url}/graphql",
+        data=json.dumps({"query": query, "variables": variables}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=600) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return {"errors": [f"HTTP {error.code}: {error.read()[:2000]!r}"]}
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=30)
+
+
+def _start_webserver(env: dict, stack: ExitStack) -> str:
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dagster_webserver", "-m", "billing_assets.definitions", "-h", "127.0.0.1", "-p", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    stack.callback(_stop, proc)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{url}/server_info", timeout=5):
+                return url
+        except OSError:
+            time.sleep(0.5)
+    raise SystemExit("dagster-webserver did not come up within 180 s")
+
+
+def run_fleet(args) -> dict:
+    from bench.run import machine
+
+    os.environ["BENCH_FLEET_TOKEN"] = "fleet-bench-token-never-used"
+    report: dict = {"machine": machine(), "sources": args.fleet_sources, "days": args.fleet_days}
+    with ExitStack() as stack:
+        root = Path(args.workdir) if args.workdir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="billing-fleet-")))
+        root.mkdir(parents=True, exist_ok=True)
+        from billing_assets.core.timeutil import floor_minute, format_rfc3339, now_utc
+
+        now = floor_minute(now_utc())
+        start_day = (now - timedelta(days=args.fleet_days - 1)).replace(hour=0, minute=0)
+        admin = args.postgres_admin_url
+        if not admin:
+            from billing_assets_tests.support.pg import start_postgres
+
+            server = start_postgres()
+            stack.callback(server.stop)
+            dagster_url, billing_url = server.create_database("dagster"), server.create_database("billing")
+        else:
+            from bench.run import database_urls
+
+            fresh = database_urls(["postgres"], root, admin, stack)
+            dagster_url, billing_url = fresh("postgres"), fresh("postgres")
+        home = root / "dagster_home"
+        home.mkdir(exist_ok=True)
+        pg_url = dagster_url.replace("postgresql+psycopg://", "postgresql+psycopg2://")  # dagster-postgres is tested on psycopg2
+        (home / "dagster.yaml").write_text(
+            yaml.safe_dump({"telemetry": {"enabled": False}, "storage": {"postgres": {"postgres_url": pg_url}}})
+        )
+        registry = root / "sources.yaml"
+        source_ids = _registry(registry, args.fleet_sources, format_rfc3339(start_day))
+        env = dict(
+            os.environ, DAGSTER_HOME=str(home), BILLING_SOURCES_FILE=str(registry), BILLING_DATABASE_URL=billing_url,
+            BILLING_PARTITIONS_START=start_day.strftime("%Y-%m-%d-%H:%M"),
+        )  # fmt: skip
+        os.environ.update({k: env[k] for k in ("DAGSTER_HOME", "BILLING_SOURCES_FILE", "BILLING_DATABASE_URL", "BILLING_PARTITIONS_START")})
+
+        import dagster as dg
+
+        from billing_assets.definitions import defs
+        from billing_assets.defs.ops.source_partitions import sync_instance
+        from billing_assets.defs.partitions import billing_partitions
+        from billing_assets.registry.model import load_registry
+        from billing_assets.storage.engine import migrate, get_engine
+
+        migrate(get_engine(billing_url))
+        instance = dg.DagsterInstance.get()
+        sync_instance(instance, load_registry(registry))
+        minutes_total = int((now - start_day) / timedelta(minutes=1))
+        report["partitions"] = minutes_total * len(source_ids)
+        materialized = [now - timedelta(minutes=m) for m in range(int(args.fleet_materialized_hours * 60), 0, -1)]
+        print(f"fleet: {len(source_ids)} sources x {minutes_total:,} minutes = {report['partitions']:,} partitions; "
+              f"recording {len(materialized) * len(source_ids):,} materializations per asset", flush=True)
+        seconds, written = _timed(_record_materializations, instance, ["usage_minute_buckets"], source_ids, materialized)
+        report["build"] = {"materializations": written, "seconds": seconds}
+        print(f"  built in {seconds:.0f}s", flush=True)
+
+        report["collection_sensor_s"] = _bench_sensor(instance)
+        report["billing_status_s"] = _bench_status(env)
+        url = _start_webserver(env, stack)
+        cold, answer = _timed(_graphql, url, PARTITION_STATUS_QUERY, {"assetKey": {"path": ["usage_minute_buckets"]}})
+        warm, _ = _timed(_graphql, url, PARTITION_STATUS_QUERY, {"assetKey": {"path": ["usage_minute_buckets"]}})
+        report["graphql_partition_status_s"] = {"cold": cold, "warm": warm, "errors": answer.get("errors")}
+        print(f"  GraphQL partition status (usage_minute_buckets): cold {cold:.2f}s, warm {warm:.2f}s"
+              + (f" ERRORS {answer['errors']}" if answer.get("errors") else ""), flush=True)
+        report["backfill_submit_s"] = _bench_backfill(url, source_ids, now)
+    return report
+
+
+def _bench_sensor(instance) -> float | None:
+    try:
+        from billing_assets.defs.ops.collection_sensor import collection_sensor
+    except ImportError:
+        print("  collection sensor: pending (billing_assets.defs.ops.collection_sensor not present)", flush=True)
+        return None
+    import dagster as dg
+
+    from billing_assets.defs.resources import BillingStore
+
+    context = dg.build_sensor_context(instance=instance, resources={"billing": BillingStore()})
+    seconds, result = _timed(collection_sensor, context)
+    requests = len(getattr(result, "run_requests", None) or []) if result is not None else 0
+    print(f"  collection sensor tick: {seconds:.2f}s ({requests} run requests)", flush=True)
+    return seconds
+
+
+def _bench_status(env: dict) -> float | None:
+    from billing_assets.cli.main import build_parser
+
+    if "status" not in build_parser()._subparsers._group_actions[0].choices:
+        print("  billing status: pending (no `status` command yet)", flush=True)
+        return None
+    began = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "billing_assets.cli.main", "status"], env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - began
+    print(f"  billing status: {seconds:.2f}s (exit {done.returncode}, includes interpreter start)", flush=True)
+    return seconds
+
+
+def _bench_backfill(url: str, source_ids: list[str], now) -> float:
+    """Reconcile = a partition backfill of 2 hours x every source, submitted like the UI does."""
+    from billing_assets.cli.runs import BILLING_ASSETS
+    from billing_assets.defs.partitions import partition_key
+
+    end = now - timedelta(hours=1)
+    minutes = [end - timedelta(minutes=m) for m in range(120, 0, -1)]
+    names = [str(partition_key(minute, source_id)) for source_id in source_ids for minute in minutes]
+    params = {
+        "partitionNames": names,
+        "assetSelection": [{"path": [asset]} for asset in BILLING_ASSETS],
+        "fromFailure": False,
+    }
+    seconds, answer = _timed(_graphql, url, BACKFILL_MUTATION, {"params": params})
+    outcome = (answer.get("data") or {}).get("launchPartitionBackfill") or answer.get("errors")
+    print(f"  reconcile backfill submit ({len(names):,} partitions x {len(BILLING_ASSETS)} assets): {seconds:.2f}s -> {outcome}", flush=True)
+    return seconds

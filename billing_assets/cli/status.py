@@ -1,0 +1,67 @@
+"""`billing status`: per-source health for operators (table) and machines (--json).
+
+Exit code 1 when an enabled source is over its lag budget, so a cron job or a
+probe can alert on it; 2 when the registry cannot be read. Errors printed are
+the checkpoint's messages, which never contain a credential.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+
+from billing_assets.defs.health.source_health import SourceHealth
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "never"
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds}s"
+    if seconds < 7200:
+        return f"{seconds // 60}m"
+    return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
+
+
+def render_table(reports: list[SourceHealth], now: datetime) -> str:
+    header = f"{'source':<16} {'enabled':<7} {'mode':<13} {'lag':>8} {'budget':>7} {'last success':<20} {'missing':>7} {'conflicts':>9}  state"
+    lines = [header]
+    for r in reports:
+        state = "disabled" if not r.enabled else ("LATE" if r.over_budget else "ok")
+        if r.enabled and r.last_error:
+            state += " (failing)"
+        lines.append(
+            f"{r.source_id:<16} {'yes' if r.enabled else 'no':<7} {r.mode:<13} {_age(r.lag_s):>8} {_age(r.lag_budget_s):>7} "
+            f"{r.last_success or 'never':<20} {r.missing_windows:>7} {r.conflicts:>9}  {state}"
+        )
+        if r.last_error:
+            lines.append(f"{'':<16} last error: {r.last_error}")
+    return "\n".join(lines)
+
+
+def run_status(as_json: bool = False) -> int:
+    from billing_assets.core.timeutil import format_rfc3339
+    from billing_assets.defs.health.source_health import source_health
+    from billing_assets.defs.ops import clock
+    from billing_assets.defs.ops.settings import CollectSettings
+    from billing_assets.defs.partitions import minute_partitions
+    from billing_assets.defs.resources import BillingStore
+    from billing_assets.registry.model import RegistryError
+
+    store = BillingStore()
+    try:
+        registry = store.registry()
+    except RegistryError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    now = clock.now()
+    reports = source_health(store.engine(), registry, now, CollectSettings.from_env().lag, minute_partitions.start)
+    late = [r.source_id for r in reports if r.over_budget]
+    if as_json:
+        print(json.dumps({"now": format_rfc3339(now), "over_budget": late, "sources": [r.as_dict() for r in reports]}, indent=2))
+    else:
+        print(render_table(reports, now))
+        print(f"\n{len(reports)} sources, {len(late)} over lag budget" + (f": {', '.join(late)}" if late else ""))
+    return 1 if late else 0

@@ -1,0 +1,94 @@
+"""One health report per source, shared by `billing status` and the asset checks.
+
+Lag is data lag: now minus the checkpoint's contiguous high-water mark, so a
+source that answers but returns nothing new is as late as one that is down.
+Errors come from the checkpoint, which stores only secret-free messages
+(SourceFetchError never carries a credential).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import Engine
+
+from billing_assets.core.timeutil import MINUTE, floor_minute, format_rfc3339
+from billing_assets.defs.ops.due_windows import ceil_minute
+from billing_assets.registry.model import Registry
+from billing_assets.storage import checkpoints
+from billing_assets.storage.health import conflict_counts, missing_windows
+
+
+@dataclass
+class SourceHealth:
+    source_id: str
+    enabled: bool
+    mode: str
+    lag_budget_s: float
+    lag_s: float | None
+    collected_until: str | None
+    last_success: str | None
+    last_attempt: str | None
+    last_error: str | None
+    consecutive_failures: int
+    missing_windows: int
+    """Closed windows since billing_start never collected (includes the lag)."""
+    holes: int
+    """Of those, the ones before the checkpoint: skipped, not merely late."""
+    first_gap: str | None
+    conflicts: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def over_budget(self) -> bool:
+        return self.enabled and (self.lag_s is None or self.lag_s > self.lag_budget_s)
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "over_budget": self.over_budget}
+
+
+def _iso(value: datetime | None) -> str | None:
+    return format_rfc3339(value) if value else None
+
+
+def source_health(engine: Engine, registry: Registry, now: datetime, lag: timedelta, partitions_start: datetime) -> list[SourceHealth]:
+    """Health of every registered source, in registry order."""
+    closed_until = floor_minute(now - lag)
+    with engine.connect() as connection:
+        marks = checkpoints.read_all(connection)
+        conflicts = conflict_counts(connection)
+        reports = []
+        for source in registry.sources:
+            mark = marks.get(source.source_id) or {}
+            high_water = mark.get("last_successful_until")
+            start = max(floor_minute(source.billing_start), ceil_minute(partitions_start))
+            gaps = missing_windows(connection, source.source_id, start, closed_until)
+            report = SourceHealth(
+                source_id=source.source_id,
+                enabled=source.enabled,
+                mode=source.mode,
+                lag_budget_s=source.lag_budget.total_seconds(),
+                lag_s=round((now - high_water).total_seconds(), 1) if high_water else None,
+                collected_until=_iso(high_water),
+                last_success=_iso(mark.get("last_succeeded_at")),
+                last_attempt=_iso(mark.get("last_attempted_at")),
+                last_error=mark.get("last_error"),
+                consecutive_failures=int(mark.get("consecutive_failures") or 0),
+                missing_windows=_minutes(gaps),
+                holes=_minutes([(a, min(b, high_water)) for a, b in gaps if high_water and a < high_water]),
+                first_gap=f"[{format_rfc3339(gaps[0][0])}, {format_rfc3339(gaps[0][1])})" if gaps else None,
+                conflicts=conflicts.get(source.source_id, 0),
+            )
+            if report.over_budget:
+                report.problems.append("never collected" if high_water is None else "over lag budget")
+            if report.last_error:
+                report.problems.append("last attempt failed")
+            if report.conflicts:
+                report.problems.append("quarantined conflicts")
+            reports.append(report)
+    return reports
+
+
+def _minutes(ranges: list[tuple[datetime, datetime]]) -> int:
+    return sum(int((b - a) // MINUTE) for a, b in ranges)

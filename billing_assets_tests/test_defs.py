@@ -1,0 +1,128 @@
+"""The code location as Dagster tools see it: definitions, the production
+instance file against a real PostgreSQL, and the webserver's GraphQL view."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import dagster as dg
+import pytest
+
+from billing_assets.definitions import defs
+
+ROOT = Path(__file__).resolve().parents[1]
+ASSETS = {"exporter_snapshots", "usage_samples", "usage_minute_buckets", "billing_ledger"}
+SENSORS = {"exporter_sources_sensor", "collection_sensor"}
+SCHEDULES = {"reconcile_schedule", "source_health_schedule"}
+CHECKS = {"source_freshness", "source_completeness"}
+
+
+def test_definitions_hold_assets_checks_sensors_schedules():
+    graph = defs.resolve_asset_graph()
+    assert ASSETS <= {key.to_user_string() for key in graph.get_all_asset_keys()}
+    assert CHECKS <= {key.name for key in graph.asset_check_keys}
+    assert SENSORS <= {sensor.name for sensor in defs.sensors}
+    assert SCHEDULES <= {schedule.name for schedule in defs.schedules}
+    for name in ASSETS:
+        assert graph.get(dg.AssetKey(name)).backfill_policy == dg.BackfillPolicy.single_run()
+
+
+def test_dagster_cli_validates_the_workspace(tmp_path):
+    env = dict(os.environ, DAGSTER_HOME=str(tmp_path))
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.postgres
+def test_production_instance_yaml_runs_on_postgres_with_per_source_limit(postgres_server, tmp_path, monkeypatch):
+    url = postgres_server.create_database(prefix="dagster")
+    database = url.rsplit("/", 1)[1]
+    shutil.copy(ROOT / "deploy" / "dagster.yaml", tmp_path / "dagster.yaml")
+    for name, value in {
+        "DAGSTER_PG_HOST": "127.0.0.1", "DAGSTER_PG_PORT": str(postgres_server.port), "DAGSTER_PG_DB": database,
+        "DAGSTER_PG_USER": "postgres", "DAGSTER_PG_PASSWORD": "",
+    }.items():
+        monkeypatch.setenv(name, value)
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        assert type(instance.run_storage).__name__ == "PostgresRunStorage"
+        assert type(instance.event_log_storage).__name__ == "PostgresEventLogStorage"
+        assert type(instance.schedule_storage).__name__ == "PostgresScheduleStorage"
+        limits = instance.run_coordinator.get_run_queue_config().tag_concurrency_limits
+        assert {"key": "billing/source", "value": {"applyLimitPerUniqueValue": True}, "limit": 1} in limits
+        job = defs.resolve_implicit_global_asset_job_def()
+        run = instance.create_run_for_job(job, tags={"billing/source": "eu-1"})
+        assert instance.get_run_records(filters=dg.RunsFilter(tags={"billing/source": "eu-1"}))[0].dagster_run.run_id == run.run_id
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _graphql(port: int, query: str) -> dict:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}/graphql", data=json.dumps({"query": query}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read())["data"]
+
+
+WORKSPACE_QUERY = """
+{
+  repositoriesOrError { ... on RepositoryConnection { nodes {
+    name sensors { name sensorState { status } } schedules { name scheduleState { status } }
+  } } }
+  assetNodes { assetKey { path } assetChecksOrError { ... on AssetChecks { checks { name } } } }
+}
+"""
+
+
+@pytest.mark.slow
+def test_webserver_shows_sensors_schedules_and_checks(tmp_path):
+    """What `dagster dev` serves, asked through the webserver's GraphQL API."""
+    (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(Path(sys.executable).parent / "dagster-webserver"), "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=ROOT, env=dict(os.environ, DAGSTER_HOME=str(tmp_path)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        data = None
+        for _ in range(240):
+            try:
+                data = _graphql(port, WORKSPACE_QUERY)
+                if data["repositoriesOrError"].get("nodes"):
+                    break
+            except (OSError, KeyError, TypeError):
+                pass
+            time.sleep(0.5)
+        assert data and data["repositoriesOrError"].get("nodes"), "webserver never served the code location"
+        repo = data["repositoriesOrError"]["nodes"][0]
+        sensors = {s["name"]: s["sensorState"]["status"] for s in repo["sensors"]}
+        schedules = {s["name"]: s["scheduleState"]["status"] for s in repo["schedules"]}
+        assert SENSORS <= set(sensors) and all(sensors[name] == "RUNNING" for name in SENSORS)
+        assert SCHEDULES <= set(schedules) and all(schedules[name] == "RUNNING" for name in SCHEDULES)
+        checks = {
+            check["name"]
+            for node in data["assetNodes"] if node["assetKey"]["path"] == ["exporter_snapshots"]
+            for check in node["assetChecksOrError"]["checks"]
+        }
+        assert CHECKS <= checks
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
