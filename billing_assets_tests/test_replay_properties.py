@@ -124,7 +124,10 @@ def fresh_ids() -> tuple[str, str]:
     return f"px-{tag}", f"node-{tag}"
 
 
-TOTAL_STEP = st.one_of(st.integers(0, 5_000_000), st.integers(0, 2**40))
+# Steps start at 1 so growth is visible; hypothesis would otherwise favour 0 and
+# make a reset indistinguishable from an idle sample.
+TOTAL_STEP = st.one_of(st.integers(1, 5_000_000), st.integers(1, 2**40))
+RESET_TO_PERCENT = st.integers(1, 99)
 
 
 @st.composite
@@ -153,8 +156,8 @@ def histories(draw, start: datetime, max_minutes: int = 4) -> History:
                 up, down = draw(TOTAL_STEP), draw(TOTAL_STEP)
             elif kind == "grow":
                 up, down = up + draw(TOTAL_STEP), down + draw(TOTAL_STEP)
-            elif kind == "reset":
-                up, down = draw(st.integers(0, max(0, up - 1))), draw(st.integers(0, max(0, down - 1)))
+            elif kind == "reset":  # the exporter restarted: totals drop to a fraction of what they were
+                up, down = up * draw(RESET_TO_PERCENT) // 100, down * draw(RESET_TO_PERCENT) // 100
             sample = ScriptedSample(user, tag, up, down)
             phase = draw(st.sampled_from([0, 0, 0, 1, 2]))
             grouped.setdefault((at, phase), []).append(sample)

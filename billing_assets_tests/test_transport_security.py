@@ -30,7 +30,7 @@ from billing_assets_tests.support.outcomes import checkpoint, failure_text, noth
 SID = "sec-1"
 OTHER = "sec-2"
 # Transport outcomes do not depend on the database: checks that write nothing
-# or only need a control run use SQLite; the matrix runs on both databases.
+# or only need a control run use SQLite (see MATRIX for what runs on PostgreSQL).
 sqlite_only = pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 
 
@@ -46,8 +46,7 @@ def _register(env) -> None:
 
 
 def _start(env, billing_start: datetime, source_id: str = SID, **kwargs):
-    running = env.fleet.start(source_id, billing_start=billing_start, users=3, **kwargs)
-    return running
+    return env.fleet.start(source_id, billing_start=billing_start, users=3, **kwargs)
 
 
 # -- the matrix: (arrange, reason fragments) --------------------------------

@@ -20,4 +20,5 @@ def counter_delta(previous_total: int | None, total: int) -> int:
 
 def counter_deltas(previous: np.ndarray, current: np.ndarray, has_previous: np.ndarray) -> np.ndarray:
     """Vectorised `counter_delta` over aligned int64 arrays."""
-    return np.where(~has_previous, current, np.maximum(current - previous, 0))  # MUTANT: resets ignored
+    reset_or_first = (~has_previous) | (current < previous)
+    return np.where(reset_or_first, current, current - previous)

@@ -15,7 +15,7 @@ from sqlalchemy import Connection
 from billing_assets.core.ledger import LEDGER_STATE_COLUMNS
 from billing_assets.core.pricing import Pricing, nanos_to_amount
 from billing_assets.storage.schema import billing_ledger
-from billing_assets.storage.sql import bulk_insert, frame, time_column, time_param, typed
+from billing_assets.storage.sql import bulk_insert, frame, prefer_hash_joins, time_column, time_param, typed
 
 _KEY_JOIN = "l.node_id = b.node_id AND l.env = b.env AND l.uuid = b.uuid AND l.inbound_tag = b.inbound_tag AND l.bucket_start = b.bucket_start"
 
@@ -57,6 +57,7 @@ LEDGER_MISMATCHES = typed(
 
 
 def load_ledger_state(connection: Connection, source_id: str, start: datetime, end: datetime) -> pd.DataFrame:
+    prefer_hash_joins(connection)
     state = frame(connection, BUCKETS_WITH_CHARGES, {"source_id": source_id, "start": start, "end": end}, LEDGER_STATE_COLUMNS)
     return state
 
@@ -96,4 +97,5 @@ def append_entries(
 
 
 def count_ledger_mismatches(connection: Connection, source_id: str, start: datetime, end: datetime) -> int:
+    prefer_hash_joins(connection)  # 8+ minutes as a nested loop on fresh ranges; see sql.prefer_hash_joins
     return int(connection.execute(LEDGER_MISMATCHES, {"source_id": source_id, "start": start, "end": end}).scalar_one())
