@@ -22,13 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSETS = {"exporter_snapshots", "usage_samples", "usage_minute_buckets", "billing_ledger"}
 SENSORS = {"exporter_sources_sensor", "collection_sensor"}
 SCHEDULES = {"reconcile_schedule", "source_health_schedule"}
-CHECKS = {"source_freshness", "source_completeness"}
+CHECKS = {"source_freshness", "source_completeness"}  # on the unpartitioned source_health asset
+BILLING_CHECKS = {"ledger_matches_buckets"}
 
 
 def test_definitions_hold_assets_checks_sensors_schedules():
     graph = defs.resolve_asset_graph()
     assert ASSETS <= {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert CHECKS <= {key.name for key in graph.asset_check_keys}
+    assert CHECKS | BILLING_CHECKS <= {key.name for key in graph.asset_check_keys}
+    assert {key.asset_key.to_user_string() for key in graph.asset_check_keys if key.name in CHECKS} == {"source_health"}
     assert SENSORS <= {sensor.name for sensor in defs.sensors}
     assert SCHEDULES <= {schedule.name for schedule in defs.schedules}
     for name in ASSETS:
@@ -119,7 +121,7 @@ def test_webserver_shows_sensors_schedules_and_checks(tmp_path):
         assert SCHEDULES <= set(schedules) and all(schedules[name] == "RUNNING" for name in SCHEDULES)
         checks = {
             check["name"]
-            for node in data["assetNodes"] if node["assetKey"]["path"] == ["exporter_snapshots"]
+            for node in data["assetNodes"] if node["assetKey"]["path"] == ["source_health"]
             for check in node["assetChecksOrError"]["checks"]
         }
         assert CHECKS <= checks

@@ -37,6 +37,7 @@ def materialize_range(
 ) -> dg.ExecuteInProcessResult:
     job = defs.resolve_implicit_global_asset_job_def()
     return job.execute_in_process(
+        asset_selection=[dg.AssetKey(name) for name in BILLING_ASSETS],
         instance=instance,
         tags={**range_tags(source_id, start, end), **(tags or {})},
         raise_on_error=raise_on_error,

@@ -57,7 +57,7 @@ def run_status(as_json: bool = False) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     now = clock.now()
-    reports = source_health(store.engine(), registry, now, CollectSettings.from_env().lag, minute_partitions.start)
+    reports = source_health(store.read_engine(), registry, now, CollectSettings.from_env().lag, minute_partitions.start)
     late = [r.source_id for r in reports if r.over_budget]
     if as_json:
         print(json.dumps({"now": format_rfc3339(now), "over_budget": late, "sources": [r.as_dict() for r in reports]}, indent=2))

@@ -15,7 +15,7 @@ from billing_assets.core.pricing import Pricing
 from billing_assets.core.timeutil import parse_duration
 from billing_assets.registry.model import Registry, load_registry
 from billing_assets.registry.pricing_file import load_pricing
-from billing_assets.storage.engine import database_url, get_engine, migrate
+from billing_assets.storage.engine import database_url, get_engine, migrate, read_only
 
 DEFAULT_SOURCES_FILE = "sources.yaml"
 
@@ -34,6 +34,10 @@ class BillingStore(dg.ConfigurableResource):
 
     def engine(self) -> Engine:
         return migrate(get_engine(self.database_url or database_url()))
+
+    def read_engine(self) -> Engine:
+        """For checks, status and sensors: reads that must not wait for a writer."""
+        return read_only(self.engine())
 
     def registry(self) -> Registry:
         return load_registry(self.sources_file or sources_file())

@@ -66,10 +66,19 @@ def _create(url: str) -> Engine:
 
         @event.listens_for(engine, "begin")
         def _begin(connection):
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            # Writers take the write lock up front (a deferred transaction that
+            # later writes can fail with SQLITE_BUSY instead of waiting);
+            # readers (`read_only`) must not, or they queue behind a long fetch.
+            deferred = connection.get_execution_options().get("billing_read_only")
+            connection.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
         return engine
     return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=4)
+
+
+def read_only(engine: Engine) -> Engine:
+    """The same pool, for transactions that only read (no write lock on SQLite)."""
+    return engine.execution_options(billing_read_only=True)
 
 
 def alembic_config(connection=None) -> Config:

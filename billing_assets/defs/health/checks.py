@@ -1,39 +1,33 @@
-"""Source health in the Dagster UI: freshness and completeness checks.
+"""Source health in the Dagster UI: a `source_health` asset with two checks.
 
-They target `exporter_snapshots` (collection is what falls behind) and run
-after every collection run and on their own schedule, so an outage, in which
-no collection run succeeds, still turns them red. They read the billing
-database only; a database problem fails the check, never a billing run.
+Health is its own unpartitioned asset, materialized by a schedule every five
+minutes (so an outage, in which no collection run succeeds, still turns it
+red), rather than checks on the partitioned billing assets: Dagster resolves
+an unpartitioned check on a partitioned asset by enumerating every partition
+of it, millions at fleet scale, in every run. It reads the billing database
+only, through a read-only connection that never waits for a writer.
 """
 
 from __future__ import annotations
 
 import dagster as dg
 
-from billing_assets.defs.health.source_health import SourceHealth, source_health
+from billing_assets.defs.health.source_health import SourceHealth, source_health as source_health_reports
 from billing_assets.defs.ops import clock
 from billing_assets.defs.ops.settings import CollectSettings
 from billing_assets.defs.partitions import minute_partitions
 from billing_assets.defs.resources import BillingStore
 
-
-def _reports(billing: BillingStore) -> list[SourceHealth]:
-    return [
-        report
-        for report in source_health(
-            billing.engine(), billing.registry(), clock.now(), CollectSettings.from_env().lag, minute_partitions.start
-        )
-        if report.enabled
-    ]
+FRESHNESS = "source_freshness"
+COMPLETENESS = "source_completeness"
 
 
-@dg.asset_check(asset="exporter_snapshots", blocking=False, description="Every enabled source is within its lag budget.")
-def source_freshness(billing: BillingStore) -> dg.AssetCheckResult:
-    reports = _reports(billing)
+def _freshness(reports: list[SourceHealth]) -> dg.AssetCheckResult:
     late = [r.source_id for r in reports if r.over_budget]
     metadata = {f"{r.source_id} lag_s": (r.lag_s if r.lag_s is not None else -1.0) for r in reports}
     metadata.update({f"{r.source_id} last_error": r.last_error for r in reports if r.last_error})
     return dg.AssetCheckResult(
+        check_name=FRESHNESS,
         passed=not late,
         severity=dg.AssetCheckSeverity.ERROR,
         description=f"over lag budget: {', '.join(late)}" if late else f"{len(reports)} enabled sources fresh",
@@ -41,17 +35,13 @@ def source_freshness(billing: BillingStore) -> dg.AssetCheckResult:
     )
 
 
-@dg.asset_check(
-    asset="exporter_snapshots", blocking=False,
-    description="No missing minute windows between each enabled source's billing_start and its checkpoint.",
-)
-def source_completeness(billing: BillingStore) -> dg.AssetCheckResult:
-    reports = _reports(billing)
+def _completeness(reports: list[SourceHealth]) -> dg.AssetCheckResult:
     # Windows after the checkpoint are lag (the freshness check's business); before it they are holes.
     gaps = {report.source_id: report.holes for report in reports if report.holes}
     metadata = {f"{sid} missing_windows": count for sid, count in gaps.items()}
     metadata.update({f"{r.source_id} first_gap": r.first_gap for r in reports if r.first_gap and r.source_id in gaps})
     return dg.AssetCheckResult(
+        check_name=COMPLETENESS,
         passed=not gaps,
         severity=dg.AssetCheckSeverity.WARN,
         description=f"gaps in {', '.join(sorted(gaps))}" if gaps else "no gaps before any checkpoint",
@@ -59,11 +49,38 @@ def source_completeness(billing: BillingStore) -> dg.AssetCheckResult:
     )
 
 
-health_checks = [source_freshness, source_completeness]
-health_check_job = dg.define_asset_job("source_health_job", selection=dg.AssetSelection.checks(*health_checks))
+@dg.asset(
+    group_name="health",
+    kinds={"sql"},
+    check_specs=[
+        dg.AssetCheckSpec(FRESHNESS, asset="source_health", description="Every enabled source is within its lag budget."),
+        dg.AssetCheckSpec(
+            COMPLETENESS, asset="source_health",
+            description="No missing minute windows between each enabled source's billing_start and its checkpoint.",
+        ),
+    ],
+)
+def source_health(billing: BillingStore) -> dg.MaterializeResult:
+    """Per-source collection health: lag, last error, missing windows, conflicts."""
+    reports = [
+        report
+        for report in source_health_reports(
+            billing.read_engine(), billing.registry(), clock.now(), CollectSettings.from_env().lag, minute_partitions.start
+        )
+        if report.enabled
+    ]
+    metadata: dict = {"enabled_sources": len(reports)}
+    for report in reports:
+        metadata[f"{report.source_id} lag_s"] = report.lag_s if report.lag_s is not None else -1.0
+        metadata[f"{report.source_id} missing_windows"] = report.missing_windows
+        metadata[f"{report.source_id} conflicts"] = report.conflicts
+    return dg.MaterializeResult(metadata=metadata, check_results=[_freshness(reports), _completeness(reports)])
+
+
+health_job = dg.define_asset_job("source_health_job", selection=dg.AssetSelection.assets(source_health))
 health_schedule = dg.ScheduleDefinition(
     name="source_health_schedule",
-    job=health_check_job,
+    job=health_job,
     cron_schedule="*/5 * * * *",
     execution_timezone="UTC",
     default_status=dg.DefaultScheduleStatus.RUNNING,

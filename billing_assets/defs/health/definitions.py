@@ -1,5 +1,5 @@
 import dagster as dg
 
-from billing_assets.defs.health.checks import health_check_job, health_checks, health_schedule
+from billing_assets.defs.health.checks import health_job, health_schedule, source_health
 
-defs = dg.Definitions(asset_checks=health_checks, jobs=[health_check_job], schedules=[health_schedule])
+defs = dg.Definitions(assets=[source_health], jobs=[health_job], schedules=[health_schedule])

@@ -31,7 +31,7 @@ with warnings.catch_warnings():
     def no_conflicting_deliveries(context: dg.AssetCheckExecutionContext, billing: BillingStore) -> dg.AssetCheckResult:
         slices = run_slices(context)
         total, example = 0, None
-        with billing.engine().connect() as connection:
+        with billing.read_engine().connect() as connection:
             for work in slices:
                 count, rows = quarantined(connection, work.source_id, work.start, work.end, limit=1)
                 total += count

@@ -28,7 +28,7 @@ with warnings.catch_warnings():
     )
     def ledger_matches_buckets(context: dg.AssetCheckExecutionContext, billing: BillingStore) -> dg.AssetCheckResult:
         slices = run_slices(context)
-        engine = billing.engine()
+        engine = billing.read_engine()
         mismatched: dict[str, int] = {}
         with engine.connect() as connection:
             for work in slices:

@@ -60,7 +60,7 @@ def collection_sensor(context: dg.SensorEvaluationContext, billing: BillingStore
     settings = CollectSettings.from_env()
     now = clock.now()
     registered = set(context.instance.get_dynamic_partitions(SOURCES_PARTITION))
-    with billing.engine().connect() as connection:
+    with billing.read_engine().connect() as connection:
         marks = checkpoints.read_all(connection)
     requested = _load_cursor(context.cursor)
     requests, notes = [], []
