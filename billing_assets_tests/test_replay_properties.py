@@ -395,7 +395,7 @@ def test_dagster_runs_in_random_orders_converge(billing_env, upstream, recent_ho
     """The same property through real Dagster runs (single-run ranges), fewer examples."""
     harness = Harness(billing_env, upstream)
 
-    @property_settings(2 if is_postgres(billing_env) else 3)
+    @property_settings(4 if is_postgres(billing_env) else 6)
     @given(data=st.data())
     def replay(data):
         history = data.draw(histories(recent_hour, max_minutes=3))

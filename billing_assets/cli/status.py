@@ -38,6 +38,8 @@ def render_table(reports: list[SourceHealth], now: datetime) -> str:
         )
         if r.last_error:
             lines.append(f"{'':<16} last error: {r.last_error}")
+        if r.dual_read is not None:
+            lines.append(f"{'':<16} dual-read [{r.dual_read['since']}, {r.dual_read['until']}): {r.dual_read['summary']}")
     return "\n".join(lines)
 
 

@@ -13,6 +13,7 @@ from sqlalchemy import Engine
 
 from billing_assets.core.pricing import Pricing
 from billing_assets.core.timeutil import parse_duration
+from billing_assets.registry.legacy import legacy_source_from_env
 from billing_assets.registry.model import Registry, load_registry
 from billing_assets.registry.pricing_file import load_pricing
 from billing_assets.storage.engine import database_url, get_engine, migrate, read_only
@@ -40,7 +41,13 @@ class BillingStore(dg.ConfigurableResource):
         return read_only(self.engine())
 
     def registry(self) -> Registry:
-        return load_registry(self.sources_file or sources_file())
+        """The registry file; without one, the `EXPORTER_*` legacy source if `EXPORTER_BASE_URL` is set."""
+        path = self.sources_file or sources_file()
+        if not os.path.exists(path):
+            legacy = legacy_source_from_env(os.environ)
+            if legacy is not None:
+                return Registry(sources=(legacy,))
+        return load_registry(path)
 
     def pricing(self) -> Pricing:
         return load_pricing(self.pricing_file or os.environ.get("BILLING_PRICING_FILE"))

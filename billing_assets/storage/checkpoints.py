@@ -75,3 +75,26 @@ def record_failure(connection: Connection, source_id: str, error: str, now: date
         key=["source_id"],
         update=["last_attempted_at", "last_error", "consecutive_failures"],
     )
+
+
+def record_attempt_success(connection: Connection, source_id: str, now: datetime) -> None:
+    """A successful pull that proves nothing about completeness (legacy `/latest`):
+    clears the error and failure count but never moves `last_successful_until`."""
+    current = read_checkpoint(connection, source_id) or {}
+    upsert(
+        connection,
+        source_checkpoints,
+        [
+            {
+                "source_id": source_id,
+                "last_successful_until": current.get("last_successful_until"),
+                "last_cursor": current.get("last_cursor"),
+                "last_attempted_at": now,
+                "last_succeeded_at": now,
+                "last_error": None,
+                "consecutive_failures": 0,
+            }
+        ],
+        key=["source_id"],
+        update=["last_attempted_at", "last_succeeded_at", "last_error", "consecutive_failures"],
+    )

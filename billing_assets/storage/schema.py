@@ -67,6 +67,24 @@ usage_samples = Table(
     Index("ix_usage_samples_source_time", "source_id", "collected_at"),
 )
 
+# Dual-read only: what /v1/snapshots/latest returned, kept to compare with the
+# window API's usage_samples. Nothing reads it for billing.
+legacy_snapshot_samples = Table(
+    "legacy_snapshot_samples",
+    metadata,
+    Column("source_id", ID, primary_key=True),
+    Column("node_id", ID, primary_key=True),
+    Column("env", ID, primary_key=True),
+    Column("uuid", ID, primary_key=True),
+    Column("inbound_tag", ID, primary_key=True),
+    Column("collected_at", UTCDateTime, primary_key=True),
+    Column("email", Text, nullable=False),
+    Column("uplink_bytes_total", BigInteger, nullable=False),
+    Column("downlink_bytes_total", BigInteger, nullable=False),
+    Column("pulled_at", UTCDateTime, nullable=False),
+    Index("ix_legacy_snapshot_samples_source_time", "source_id", "collected_at"),
+)
+
 sample_conflicts = Table(
     "sample_conflicts",
     metadata,

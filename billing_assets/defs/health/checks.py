@@ -74,6 +74,10 @@ def source_health(billing: BillingStore) -> dg.MaterializeResult:
         metadata[f"{report.source_id} lag_s"] = report.lag_s if report.lag_s is not None else -1.0
         metadata[f"{report.source_id} missing_windows"] = report.missing_windows
         metadata[f"{report.source_id} conflicts"] = report.conflicts
+        if report.dual_read is not None:
+            metadata[f"{report.source_id} dual_read"] = dg.MetadataValue.json(report.dual_read)
+            metadata[f"{report.source_id} dual_read_mismatched"] = report.dual_read["mismatched"]
+            metadata[f"{report.source_id} dual_read_missing"] = report.dual_read["missing"]
     return dg.MaterializeResult(metadata=metadata, check_results=[_freshness(reports), _completeness(reports)])
 
 

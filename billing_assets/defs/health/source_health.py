@@ -17,7 +17,10 @@ from billing_assets.core.timeutil import MINUTE, floor_minute, format_rfc3339
 from billing_assets.defs.ops.due_windows import ceil_minute
 from billing_assets.registry.model import Registry
 from billing_assets.storage import checkpoints
+from billing_assets.storage.dual_read import compare_dual_read
 from billing_assets.storage.health import conflict_counts, missing_windows
+
+DUAL_READ_WINDOW = timedelta(hours=2)
 
 
 @dataclass
@@ -39,6 +42,8 @@ class SourceHealth:
     first_gap: str | None
     conflicts: int
     problems: list[str] = field(default_factory=list)
+    dual_read: dict | None = None
+    """`dual` sources: legacy /latest samples vs window data before the checkpoint (storage/dual_read.py)."""
 
     @property
     def over_budget(self) -> bool:
@@ -62,6 +67,10 @@ def source_health(engine: Engine, registry: Registry, now: datetime, lag: timede
         for source in registry.sources:
             mark = marks.get(source.source_id) or {}
             high_water = mark.get("last_successful_until")
+            if source.mode == "legacy_latest":
+                # /latest proves no completeness, so there is no high-water mark: lag is the last good pull's age.
+                reports.append(_legacy_health(source, mark, now, conflicts.get(source.source_id, 0)))
+                continue
             start = max(floor_minute(source.billing_start), ceil_minute(partitions_start))
             gaps = missing_windows(connection, source.source_id, start, closed_until)
             report = SourceHealth(
@@ -86,8 +95,43 @@ def source_health(engine: Engine, registry: Registry, now: datetime, lag: timede
                 report.problems.append("last attempt failed")
             if report.conflicts:
                 report.problems.append("quarantined conflicts")
+            if source.mode == "dual":
+                compared = compare_dual_read(
+                    connection, source.source_id, max(start, now - DUAL_READ_WINDOW), min(high_water or start, now)
+                )
+                report.dual_read = compared.as_dict()
+                if compared.missing or compared.mismatched:
+                    report.problems.append("dual-read differences")
             reports.append(report)
     return reports
+
+
+def _legacy_health(source, mark: dict, now: datetime, conflicts: int) -> SourceHealth:
+    pulled = mark.get("last_succeeded_at")
+    report = SourceHealth(
+        source_id=source.source_id,
+        enabled=source.enabled,
+        mode=source.mode,
+        lag_budget_s=source.lag_budget.total_seconds(),
+        lag_s=round((now - pulled).total_seconds(), 1) if pulled else None,
+        collected_until=None,
+        last_success=_iso(pulled),
+        last_attempt=_iso(mark.get("last_attempted_at")),
+        last_error=mark.get("last_error"),
+        consecutive_failures=int(mark.get("consecutive_failures") or 0),
+        missing_windows=0,
+        holes=0,
+        first_gap=None,
+        conflicts=conflicts,
+        problems=["completeness unknown (legacy /latest)"],
+    )
+    if report.over_budget:
+        report.problems.append("never pulled" if pulled is None else "over lag budget")
+    if report.last_error:
+        report.problems.append("last attempt failed")
+    if report.conflicts:
+        report.problems.append("quarantined conflicts")
+    return report
 
 
 def _minutes(ranges: list[tuple[datetime, datetime]]) -> int:

@@ -1,0 +1,285 @@
+"""Legacy compatibility through the real pieces: the reference exporter's
+`/v1/snapshots/latest` over HTTPS, the real legacy and collection sensors
+evaluated against a real instance with a fake clock shared with the exporter,
+and their run requests executed as the daemon would (implicit asset job + tags).
+
+(a) `EXPORTER_BASE_URL` and no registry: the legacy source bills its pulls,
+    replays charge nothing twice;
+(b) a half-configured environment fails naming the variable;
+(c) a `dual` source bills from the window API only and reports the comparison.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+
+import dagster as dg
+import pytest
+from sqlalchemy import func, select
+
+from billing_assets.cli.main import main
+from billing_assets.cli.runs import materialize_range
+from billing_assets.core.timeutil import floor_minute, format_rfc3339, now_utc
+from billing_assets.definitions import defs
+from billing_assets.defs.ops import clock
+from billing_assets.defs.ops.collection_sensor import collection_sensor
+from billing_assets.defs.ops.legacy_sensor import legacy_latest_sensor
+from billing_assets.defs.ops.source_partitions import sync_instance
+from billing_assets.defs.resources import BillingStore
+from billing_assets.exporter import Faults
+from billing_assets.registry.legacy import legacy_source_from_env
+from billing_assets.registry.model import RegistryError
+from billing_assets.storage.schema import exporter_snapshot_rows, legacy_snapshot_samples
+from billing_assets_tests.support.db import buckets_by_key, ledger_rows, ledger_sums, nonzero
+from billing_assets_tests.support.oracle import expected_buckets, exporter_samples, within
+
+QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
+
+
+class FakeClock:
+    def __init__(self, now):
+        self.now = now
+
+    def __call__(self):
+        return self.now
+
+
+class Driver:
+    """Evaluates one sensor like the daemon (cursor carried over) and runs what it requests."""
+
+    def __init__(self, instance, sensor):
+        self.instance, self.sensor, self.cursor = instance, sensor, None
+        self.job = defs.resolve_implicit_global_asset_job_def()
+        self.executed: list[dict] = []
+
+    def evaluate(self) -> list[dg.RunRequest]:
+        context = dg.build_sensor_context(
+            instance=self.instance, cursor=self.cursor, resources={"billing": BillingStore()}, definitions=defs
+        )
+        result = self.sensor(context)
+        if isinstance(result, dg.SkipReason):
+            return []
+        self.cursor = result.cursor or self.cursor
+        return list(result.run_requests or [])
+
+    def execute(self, request: dg.RunRequest) -> None:
+        result = self.job.execute_in_process(instance=self.instance, tags=request.tags, raise_on_error=False, run_config=QUIET)
+        assert result.success, request.tags
+        self.executed.append(dict(request.tags))
+
+    def tick(self) -> int:
+        requests = self.evaluate()
+        for request in requests:
+            self.execute(request)
+        return len(requests)
+
+
+def _legacy_env(monkeypatch, running, billing_start):
+    entry = running.entry
+    monkeypatch.setenv("EXPORTER_BASE_URL", entry["base_url"])
+    monkeypatch.setenv("EXPORTER_NODE_ID", entry["node_id"])
+    monkeypatch.setenv("EXPORTER_ENV", entry["env"])
+    monkeypatch.setenv("EXPORTER_CA_BUNDLE", entry["ca_bundle_ref"].removeprefix("file:"))
+    monkeypatch.setenv("EXPORTER_SERVER_NAME", entry["server_name"])
+    monkeypatch.setenv("EXPORTER_CREDENTIAL_REF", entry["credential_ref"])
+    monkeypatch.setenv("EXPORTER_BILLING_START", format_rfc3339(billing_start))
+
+
+def _count(engine, table, source_id):
+    with engine.connect() as connection:
+        return connection.execute(select(func.count()).select_from(table).where(table.c.source_id == source_id)).scalar_one()
+
+
+def _pulled_times(engine, table, source_id):
+    with engine.connect() as connection:
+        return set(connection.execute(select(table.c.collected_at).where(table.c.source_id == source_id).distinct()).scalars())
+
+
+def _oracle(server, billing_start, start, end, only_at=None):
+    shape = server.shape
+    samples = exporter_samples(shape.model, shape.node_id, shape.env, start - timedelta(hours=1), end)
+    if only_at is not None:
+        samples = [s for s in samples if s[4] in only_at]
+    return nonzero(within(expected_buckets(samples, billing_start), start, end))
+
+
+def test_legacy_env_source_bills_pulls_once_through_sensor_runs(billing_env, monkeypatch):
+    start = floor_minute(now_utc()) - timedelta(hours=3)
+    billing_start = start + timedelta(minutes=1)  # the first pull is a baseline only
+    fake = FakeClock(start + timedelta(seconds=20))
+    monkeypatch.setattr(clock, "now", fake)
+    running = billing_env.fleet.start("legacy", billing_start=billing_start, users=3, clock=fake)
+    _legacy_env(monkeypatch, running, billing_start)
+    assert not billing_env.sources_file.exists()
+
+    registry = BillingStore().registry()
+    (source,) = registry.sources
+    assert (source.source_id, source.mode, source.node_id) == ("legacy", "legacy_latest", "node-legacy")
+    assert source.billing_start == billing_start and source.auth_mode == "bearer"
+    instance = billing_env.instance()
+    sync_instance(instance, registry)
+    engine = billing_env.engine
+    driver = Driver(instance, legacy_latest_sensor)
+
+    assert driver.tick() == 0, "first pull: its minute is still open, nothing to request yet"
+    for _ in range(8):
+        fake.now += timedelta(seconds=30)
+        driver.tick()
+    end = floor_minute(fake.now)
+    assert len(driver.executed) >= 4
+    first = driver.executed[0]["dagster/asset_partition_range_start"]
+    assert first == f"{start.strftime('%Y-%m-%d-%H:%M')}|legacy", "starts at the first snapshot's minute"
+
+    pulled = _pulled_times(engine, exporter_snapshot_rows, "legacy")
+    assert len(pulled) == 9, "one snapshot per tick, staged for billing"
+    assert _count(engine, legacy_snapshot_samples, "legacy") == 0, "legacy_latest pulls are billed, not compared"
+    oracle = _oracle(running.server, billing_start, start, end, only_at=pulled)
+    assert oracle, "the pulls must carry usage"
+    assert nonzero(buckets_by_key(engine, "legacy")) == oracle
+    assert nonzero(ledger_sums(engine, "legacy")) == oracle
+    with engine.connect() as connection:
+        from billing_assets.storage import checkpoints
+
+        mark = checkpoints.read_checkpoint(connection, "legacy")
+    assert mark["last_successful_until"] is None, "/latest never proves completeness"
+    assert mark["last_succeeded_at"] == fake.now and mark["last_error"] is None
+
+    # Re-evaluating in the same minute pulls the same snapshot again: nothing new is requested or charged.
+    entries = len(ledger_rows(engine, "legacy"))
+    assert driver.tick() == 0
+    # Replaying what already ran (the same run again, then the whole range) appends nothing.
+    driver.execute(dg.RunRequest(tags=driver.executed[-1]))
+    assert materialize_range(defs, instance, "legacy", start, end, log_level="ERROR").success
+    assert len(ledger_rows(engine, "legacy")) == entries
+    assert nonzero(ledger_sums(engine, "legacy")) == oracle
+
+    # The next minute is processed with the re-staged snapshot deduplicated away.
+    fake.now += timedelta(seconds=45)
+    assert driver.tick() == 1
+    pulled = _pulled_times(engine, exporter_snapshot_rows, "legacy")
+    assert nonzero(ledger_sums(engine, "legacy")) == _oracle(running.server, billing_start, start, floor_minute(fake.now), pulled)
+
+    # A registry file, once it exists, wins over the environment.
+    billing_env.write_registry([dict(running.entry, source_id="from-file", node_id="node-other")])
+    assert [s.source_id for s in BillingStore().registry().sources] == ["legacy", "from-file"]
+    assert BillingStore().registry().get("legacy").mode == "window"
+
+
+def test_legacy_env_errors_name_the_variable_and_never_the_secret(monkeypatch, tmp_path):
+    monkeypatch.setenv("BILLING_SOURCES_FILE", str(tmp_path / "absent.yaml"))
+    for name in ("EXPORTER_BASE_URL", "EXPORTER_NODE_ID", "EXPORTER_SERVER_NAME", "EXPORTER_AUTH_MODE"):
+        monkeypatch.delenv(name, raising=False)
+    with pytest.raises(RegistryError, match="cannot read registry"):
+        BillingStore().registry()  # no file, no EXPORTER_BASE_URL: still an error, never "no sources"
+
+    env = {
+        "EXPORTER_BASE_URL": "https://10.0.0.7:9443",
+        "EXPORTER_ENV": "prod",
+        "EXPORTER_CA_BUNDLE": "/etc/billing/ca.pem",
+        "EXPORTER_CREDENTIAL_REF": "env:EXPORTER_TOKEN",
+        "EXPORTER_TOKEN": "s3cret-token-value",
+        "EXPORTER_BILLING_START": "2026-11-01T00:00:00Z",
+    }
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(RegistryError) as missing:
+        BillingStore().registry()
+    assert "EXPORTER_NODE_ID" in str(missing.value)
+    context = dg.build_sensor_context(resources={"billing": BillingStore()}, instance=dg.DagsterInstance.ephemeral())
+    skipped = legacy_latest_sensor(context)
+    assert isinstance(skipped, dg.SkipReason) and "EXPORTER_NODE_ID" in skipped.skip_message
+
+    source = legacy_source_from_env(dict(env, EXPORTER_NODE_ID="node-7"))
+    assert source.server_name == "10.0.0.7", "server_name defaults to the URL's host"
+    assert source.ca_bundle_ref == "file:/etc/billing/ca.pem" and source.credential_ref == "env:EXPORTER_TOKEN"
+
+    with pytest.raises(RegistryError) as plain:
+        legacy_source_from_env(dict(env, EXPORTER_NODE_ID="n", EXPORTER_BASE_URL="http://user:s3cret-token-value@10.0.0.7"))
+    assert "EXPORTER_BASE_URL" in str(plain.value) and "s3cret" not in str(plain.value)
+    with pytest.raises(RegistryError, match="EXPORTER_AUTH_MODE"):
+        legacy_source_from_env(dict(env, EXPORTER_NODE_ID="n", EXPORTER_AUTH_MODE="none"))
+    assert legacy_source_from_env({k: v for k, v in env.items() if k != "EXPORTER_BASE_URL"}) is None
+
+
+def _status_json(capsys) -> dict:
+    main(["status", "--json"])
+    out = capsys.readouterr().out
+    return {s["source_id"]: s for s in json.loads(out)["sources"]}
+
+
+def test_dual_source_bills_window_only_and_reports_differences(billing_env, monkeypatch, capsys):
+    monkeypatch.setenv("BILLING_COLLECT_LAG", "30s")
+    start = floor_minute(now_utc()) - timedelta(hours=3)
+    fake = FakeClock(start + timedelta(seconds=20))
+    monkeypatch.setattr(clock, "now", fake)
+    running = billing_env.fleet.start("dual-1", billing_start=start, users=3, clock=fake, mode="dual")
+    billing_env.write_registry()
+    billing_env.sync_partitions()
+    instance = billing_env.instance()
+    engine = billing_env.engine
+    legacy, collect = Driver(instance, legacy_latest_sensor), Driver(instance, collection_sensor)
+
+    for _ in range(6):
+        assert legacy.tick() == 0, "dual pulls are compared, never billed: no runs"
+        fake.now += timedelta(seconds=30)
+    fake.now += timedelta(minutes=1)
+    assert collect.tick() == 1
+    end = floor_minute(fake.now - timedelta(seconds=30))
+
+    pulled = _pulled_times(engine, legacy_snapshot_samples, "dual-1")
+    assert len(pulled) == 6
+    window_only = _oracle(running.server, start, start, end)
+    assert nonzero(ledger_sums(engine, "dual-1")) == window_only, "ledger equals the window-only result"
+    staged_at = _pulled_times(engine, exporter_snapshot_rows, "dual-1")
+    with engine.connect() as connection:
+        staged = connection.execute(select(func.count()).select_from(exporter_snapshot_rows)).scalar_one()
+    assert staged == sum(1 for _ in exporter_samples(running.server.shape.model, "n", "e", start - timedelta(minutes=1), end))
+    assert pulled <= staged_at, "the window API delivered every pulled snapshot"
+
+    report = _status_json(capsys)["dual-1"]["dual_read"]
+    legacy_samples = _count(engine, legacy_snapshot_samples, "dual-1")
+    assert report["legacy_samples"] == legacy_samples > 0
+    assert (report["matched"], report["missing"], report["mismatched"]) == (legacy_samples, 0, 0)
+    assert report["series_minutes"] == report["series_minutes_with_bucket"] > 0
+    assert report["differing_minutes"] == []
+
+    # Conflicting totals on /latest only (the window data is fetched after the fault is gone).
+    running.server.faults = Faults(conflicting_totals=True)
+    for _ in range(4):
+        fake.now += timedelta(seconds=15)
+        legacy.tick()
+    running.server.faults = Faults()
+    fake.now += timedelta(minutes=2)  # every faulty snapshot now lies before the window checkpoint
+    assert collect.tick() == 1
+    report = _status_json(capsys)["dual-1"]["dual_read"]
+    assert report["mismatched"] == 2, "two of four consecutive 15 s snapshots fall on even seconds"
+    assert report["missing"] == 0 and report["differing_minutes"]
+    end = floor_minute(fake.now - timedelta(seconds=30))
+    assert nonzero(ledger_sums(engine, "dual-1")) == _oracle(running.server, start, start, end), "no double charge"
+    main(["status"])
+    assert "2 mismatched" in capsys.readouterr().out
+
+
+def test_late_legacy_snapshot_reopens_its_minute(billing_env, monkeypatch):
+    """Snapshots published 70 s late land in minutes already requested: the next run must
+    recompute those minutes, or the delta up to the late sample would be lost for good."""
+    start = floor_minute(now_utc()) - timedelta(hours=3)
+    fake = FakeClock(start + timedelta(seconds=80))
+    monkeypatch.setattr(clock, "now", fake)
+    running = billing_env.fleet.start("legacy", billing_start=start, users=2, clock=fake, faults=Faults(late_seconds=70))
+    _legacy_env(monkeypatch, running, start)
+    instance = billing_env.instance()
+    sync_instance(instance, BillingStore().registry())
+    driver = Driver(instance, legacy_latest_sensor)
+    for _ in range(6):
+        driver.tick()
+        fake.now += timedelta(seconds=30)
+    starts = [tags["dagster/asset_partition_range_start"] for tags in driver.executed]
+    ends = [tags["dagster/asset_partition_range_end"] for tags in driver.executed]
+    assert any(s <= e for s, e in zip(starts[1:], ends)), "some range must start inside the previous one"
+    engine = billing_env.engine
+    pulled = _pulled_times(engine, exporter_snapshot_rows, "legacy")
+    end = floor_minute(fake.now - timedelta(seconds=30))
+    oracle = _oracle(running.server, start, start, end, only_at=pulled)
+    assert oracle and nonzero(ledger_sums(engine, "legacy")) == oracle
