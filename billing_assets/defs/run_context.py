@@ -11,10 +11,12 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
+import warnings
+
 import dagster as dg
 
 from billing_assets.core.timeutil import format_rfc3339, now_utc
-from billing_assets.defs.partitions import run_slices
+from billing_assets.defs.partitions import billing_partitions, run_slices
 from billing_assets.defs.resources import BillingStore
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.credentials import CredentialError
@@ -68,3 +70,20 @@ def window_metadata(slices: list[Slice], now: datetime | None = None) -> dict[st
 
 def summed(results: list[tuple[Slice, Any]], *fields: str) -> dict[str, int]:
     return {field: int(sum(getattr(stats, field) for _, stats in results)) for field in fields}
+
+
+def partitioned_check(asset: str, description: str):
+    """An asset check partitioned like the billing assets.
+
+    A range run then evaluates only the range's windows; an unpartitioned check
+    on a partitioned asset would make Dagster enumerate every partition.
+    """
+
+    def decorate(fn):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", dg.PreviewWarning)  # partitioned checks are "preview" in 1.13
+            return dg.asset_check(
+                asset=asset, partitions_def=billing_partitions, blocking=False, description=description
+            )(fn)
+
+    return decorate
