@@ -33,68 +33,34 @@ def next_high_water(current: datetime | None, fetched_since: datetime, fetched_u
     return current
 
 
+def _write(connection: Connection, source_id: str, **changes) -> None:
+    """Upsert one checkpoint row, changing only the given columns."""
+    row = {column: None for column in _COLUMNS}
+    row.update(read_checkpoint(connection, source_id) or {}, source_id=source_id, **changes)
+    row["consecutive_failures"] = int(row.get("consecutive_failures") or 0)
+    upsert(connection, source_checkpoints, [row], key=["source_id"], update=list(changes))
+
+
+_COLUMNS = [column.name for column in source_checkpoints.columns]
+
+
 def record_success(
     connection: Connection, source_id: str, since: datetime, until: datetime, cursor: str | None, now: datetime
 ) -> None:
-    current = read_checkpoint(connection, source_id) or {}
-    upsert(
-        connection,
-        source_checkpoints,
-        [
-            {
-                "source_id": source_id,
-                "last_successful_until": next_high_water(current.get("last_successful_until"), since, until),
-                "last_cursor": cursor,
-                "last_attempted_at": now,
-                "last_succeeded_at": now,
-                "last_error": None,
-                "consecutive_failures": 0,
-            }
-        ],
-        key=["source_id"],
-        update=["last_successful_until", "last_cursor", "last_attempted_at", "last_succeeded_at", "last_error", "consecutive_failures"],
+    current = (read_checkpoint(connection, source_id) or {}).get("last_successful_until")
+    _write(
+        connection, source_id,
+        last_successful_until=next_high_water(current, since, until), last_cursor=cursor,
+        last_attempted_at=now, last_succeeded_at=now, last_error=None, consecutive_failures=0,
     )
 
 
 def record_failure(connection: Connection, source_id: str, error: str, now: datetime) -> None:
-    current = read_checkpoint(connection, source_id) or {}
-    upsert(
-        connection,
-        source_checkpoints,
-        [
-            {
-                "source_id": source_id,
-                "last_successful_until": current.get("last_successful_until"),
-                "last_cursor": current.get("last_cursor"),
-                "last_attempted_at": now,
-                "last_succeeded_at": current.get("last_succeeded_at"),
-                "last_error": error[:2000],
-                "consecutive_failures": int(current.get("consecutive_failures") or 0) + 1,
-            }
-        ],
-        key=["source_id"],
-        update=["last_attempted_at", "last_error", "consecutive_failures"],
-    )
+    failures = int((read_checkpoint(connection, source_id) or {}).get("consecutive_failures") or 0)
+    _write(connection, source_id, last_attempted_at=now, last_error=error[:2000], consecutive_failures=failures + 1)
 
 
 def record_attempt_success(connection: Connection, source_id: str, now: datetime) -> None:
     """A successful pull that proves nothing about completeness (legacy `/latest`):
     clears the error and failure count but never moves `last_successful_until`."""
-    current = read_checkpoint(connection, source_id) or {}
-    upsert(
-        connection,
-        source_checkpoints,
-        [
-            {
-                "source_id": source_id,
-                "last_successful_until": current.get("last_successful_until"),
-                "last_cursor": current.get("last_cursor"),
-                "last_attempted_at": now,
-                "last_succeeded_at": now,
-                "last_error": None,
-                "consecutive_failures": 0,
-            }
-        ],
-        key=["source_id"],
-        update=["last_attempted_at", "last_succeeded_at", "last_error", "consecutive_failures"],
-    )
+    _write(connection, source_id, last_attempted_at=now, last_succeeded_at=now, last_error=None, consecutive_failures=0)

@@ -17,6 +17,7 @@ from billing_assets.cli.runs import BILLING_ASSETS, range_tags
 from billing_assets.core.timeutil import format_rfc3339, parse_rfc3339
 from billing_assets.defs.ops import clock
 from billing_assets.defs.ops.due_windows import due_range, retry_after
+from billing_assets.defs.ops.run_tags import load_cursor
 from billing_assets.defs.ops.run_tags import has_unfinished_run, source_tags
 from billing_assets.defs.ops.settings import CollectSettings
 from billing_assets.defs.partitions import SOURCES_PARTITION, minute_partitions
@@ -32,14 +33,6 @@ def range_request(source_id: str, start, end, trigger: str) -> dg.RunRequest:
         run_key=f"{trigger}:{source_id}:{format_rfc3339(start)}:{format_rfc3339(end)}",
         tags={**range_tags(source_id, start, end), **source_tags(source_id, trigger)},
     )
-
-
-def _load_cursor(raw: str | None) -> dict[str, str]:
-    try:
-        value = json.loads(raw) if raw else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 @dg.sensor(
@@ -62,7 +55,7 @@ def collection_sensor(context: dg.SensorEvaluationContext, billing: BillingStore
     registered = set(context.instance.get_dynamic_partitions(SOURCES_PARTITION))
     with billing.read_engine().connect() as connection:
         marks = checkpoints.read_all(connection)
-    requested = _load_cursor(context.cursor)
+    requested = load_cursor(context.cursor)
     requests, notes = [], []
     for source in registry.enabled:
         sid = source.source_id

@@ -24,6 +24,7 @@ from billing_assets.cli.runs import BILLING_ASSETS, range_tags
 from billing_assets.core.timeutil import floor_minute, format_rfc3339, parse_rfc3339
 from billing_assets.defs.ops import clock
 from billing_assets.defs.ops.due_windows import ceil_minute
+from billing_assets.defs.ops.run_tags import load_cursor
 from billing_assets.defs.ops.run_tags import has_unfinished_run, source_tags
 from billing_assets.defs.partitions import SOURCES_PARTITION, minute_partitions
 from billing_assets.defs.resources import BillingStore
@@ -34,14 +35,6 @@ from billing_assets.transport.errors import SourceFetchError
 
 # A sensor tick must stay short: one quick retry, the next tick is 30 s away.
 SENSOR_RETRY = RetryPolicy(attempts=2, backoff_s=0.5)
-
-
-def _load_cursor(raw: str | None) -> dict[str, str]:
-    try:
-        value = json.loads(raw) if raw else {}
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}
 
 
 @dg.sensor(
@@ -61,7 +54,7 @@ def legacy_latest_sensor(context: dg.SensorEvaluationContext, billing: BillingSt
     engine = billing.engine()
     now = clock.now()
     registered = set(context.instance.get_dynamic_partitions(SOURCES_PARTITION))
-    pending = _load_cursor(context.cursor)
+    pending = load_cursor(context.cursor)
     earliest = ceil_minute(minute_partitions.start)
     requests, notes = [], []
     for source in sources:

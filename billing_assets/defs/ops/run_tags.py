@@ -7,6 +7,8 @@ requests a range while the previous one is still queued or running.
 
 from __future__ import annotations
 
+import json
+
 import dagster as dg
 from dagster._core.storage.dagster_run import NOT_FINISHED_STATUSES
 
@@ -23,3 +25,12 @@ def has_unfinished_run(instance: dg.DagsterInstance, source_id: str) -> bool:
         filters=dg.RunsFilter(tags={SOURCE_TAG: source_id}, statuses=list(NOT_FINISHED_STATUSES)), limit=1
     )
     return bool(records)
+
+
+def load_cursor(raw: str | None) -> dict[str, str]:
+    """A sensor's per-source JSON cursor; anything unreadable starts afresh."""
+    try:
+        value = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return value if isinstance(value, dict) else {}
