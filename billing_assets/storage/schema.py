@@ -17,6 +17,28 @@ ID = String(256)
 # SQLite only auto-increments INTEGER PRIMARY KEY; PostgreSQL needs 64 bits at fleet scale.
 SERIAL = BigInteger().with_variant(Integer, "sqlite")
 
+
+def series(*, key: bool = False) -> list[Column]:
+    """`node_id, env, uuid, inbound_tag`: the series a counter belongs to."""
+    return [Column(name, ID, primary_key=key, nullable=False) for name in ("node_id", "env", "uuid", "inbound_tag")]
+
+
+def sample_identity(*, key: bool = False) -> list[Column]:
+    """A sample's identity (DESIGN.md): source, series and collection time."""
+    return [
+        Column("source_id", ID, primary_key=key, nullable=False),
+        *series(key=key),
+        Column("collected_at", UTCDateTime, primary_key=key, nullable=False),
+    ]
+
+
+def totals() -> list[Column]:
+    return [
+        Column("email", Text, nullable=False),
+        Column("uplink_bytes_total", BigInteger, nullable=False),
+        Column("downlink_bytes_total", BigInteger, nullable=False),
+    ]
+
 exporter_pages = Table(
     "exporter_pages",
     metadata,
@@ -37,15 +59,8 @@ exporter_pages = Table(
 exporter_snapshot_rows = Table(
     "exporter_snapshot_rows",
     metadata,
-    Column("source_id", ID, nullable=False),
-    Column("node_id", ID, nullable=False),
-    Column("env", ID, nullable=False),
-    Column("uuid", ID, nullable=False),
-    Column("inbound_tag", ID, nullable=False),
-    Column("collected_at", UTCDateTime, nullable=False),
-    Column("email", Text, nullable=False),
-    Column("uplink_bytes_total", BigInteger, nullable=False),
-    Column("downlink_bytes_total", BigInteger, nullable=False),
+    *sample_identity(),
+    *totals(),
     Column("delivery_seq", BigInteger, nullable=False),
     Column("fetched_at", UTCDateTime, nullable=False),
     Index("ix_exporter_snapshot_rows_source_time", "source_id", "collected_at"),
@@ -54,15 +69,8 @@ exporter_snapshot_rows = Table(
 usage_samples = Table(
     "usage_samples",
     metadata,
-    Column("source_id", ID, primary_key=True),
-    Column("node_id", ID, primary_key=True),
-    Column("env", ID, primary_key=True),
-    Column("uuid", ID, primary_key=True),
-    Column("inbound_tag", ID, primary_key=True),
-    Column("collected_at", UTCDateTime, primary_key=True),
-    Column("email", Text, nullable=False),
-    Column("uplink_bytes_total", BigInteger, nullable=False),
-    Column("downlink_bytes_total", BigInteger, nullable=False),
+    *sample_identity(key=True),
+    *totals(),
     Column("ingested_at", UTCDateTime, nullable=False),
     Index("ix_usage_samples_source_time", "source_id", "collected_at"),
 )
@@ -72,15 +80,8 @@ usage_samples = Table(
 legacy_snapshot_samples = Table(
     "legacy_snapshot_samples",
     metadata,
-    Column("source_id", ID, primary_key=True),
-    Column("node_id", ID, primary_key=True),
-    Column("env", ID, primary_key=True),
-    Column("uuid", ID, primary_key=True),
-    Column("inbound_tag", ID, primary_key=True),
-    Column("collected_at", UTCDateTime, primary_key=True),
-    Column("email", Text, nullable=False),
-    Column("uplink_bytes_total", BigInteger, nullable=False),
-    Column("downlink_bytes_total", BigInteger, nullable=False),
+    *sample_identity(key=True),
+    *totals(),
     Column("pulled_at", UTCDateTime, nullable=False),
     Index("ix_legacy_snapshot_samples_source_time", "source_id", "collected_at"),
 )
@@ -89,12 +90,7 @@ sample_conflicts = Table(
     "sample_conflicts",
     metadata,
     Column("id", SERIAL, primary_key=True, autoincrement=True),
-    Column("source_id", ID, nullable=False),
-    Column("node_id", ID, nullable=False),
-    Column("env", ID, nullable=False),
-    Column("uuid", ID, nullable=False),
-    Column("inbound_tag", ID, nullable=False),
-    Column("collected_at", UTCDateTime, nullable=False),
+    *sample_identity(),
     Column("window_start", UTCDateTime, nullable=False),
     Column("kept_uplink_bytes_total", BigInteger, nullable=False),
     Column("kept_downlink_bytes_total", BigInteger, nullable=False),
@@ -113,10 +109,7 @@ sample_conflicts = Table(
 usage_minute_buckets = Table(
     "usage_minute_buckets",
     metadata,
-    Column("node_id", ID, primary_key=True),
-    Column("env", ID, primary_key=True),
-    Column("uuid", ID, primary_key=True),
-    Column("inbound_tag", ID, primary_key=True),
+    *series(key=True),
     Column("bucket_start", UTCDateTime, primary_key=True),
     Column("source_id", ID, nullable=False),
     Column("email", Text, nullable=False),
@@ -131,10 +124,7 @@ billing_ledger = Table(
     "billing_ledger",
     metadata,
     Column("id", SERIAL, primary_key=True, autoincrement=True),
-    Column("node_id", ID, nullable=False),
-    Column("env", ID, nullable=False),
-    Column("uuid", ID, nullable=False),
-    Column("inbound_tag", ID, nullable=False),
+    *series(),
     Column("bucket_start", UTCDateTime, nullable=False),
     Column("entry_seq", Integer, nullable=False),
     Column("source_id", ID, nullable=False),
