@@ -29,3 +29,30 @@ def test_migrating_twice_is_a_no_op(database_url):
     migrate(engine)
     with engine.connect() as connection:
         assert MigrationContext.configure(connection).get_current_revision() is not None
+
+
+def test_the_database_refuses_to_edit_or_delete_ledger_entries(database_url):
+    from datetime import datetime, timezone
+    from decimal import Decimal
+
+    import pytest
+    from sqlalchemy import delete, func, select, update
+    from sqlalchemy.exc import DBAPIError
+
+    from billing_assets.storage.schema import billing_ledger
+
+    engine = migrate(get_engine(database_url))
+    entry = dict(
+        node_id="n", env="e", uuid="u", inbound_tag="t", bucket_start=datetime(2026, 11, 21, 10, 0, tzinfo=timezone.utc),
+        entry_seq=1, source_id="s", email="x@example.test", uplink_bytes=10, downlink_bytes=20,
+        amount=Decimal("0.000000001"), amount_nanos=1, currency="USD", plan="standard", entry_kind="charge",
+        created_at=datetime.now(timezone.utc), run_id=None,
+    )
+    with engine.begin() as connection:
+        connection.execute(billing_ledger.insert(), [entry])
+    for statement in (update(billing_ledger).values(uplink_bytes=0), delete(billing_ledger)):
+        with pytest.raises(DBAPIError, match="append-only"):
+            with engine.begin() as connection:
+                connection.execute(statement)
+    with engine.connect() as connection:
+        assert connection.execute(select(func.sum(billing_ledger.c.uplink_bytes))).scalar_one() == 10
