@@ -220,6 +220,7 @@ def run_fleet(args) -> dict:
 
         report["collection_sensor_s"] = _bench_sensor(instance)
         report["billing_status_s"] = _bench_status(env)
+        report["reconcile_submit_s"] = _bench_reconcile_submit(instance, source_ids, now)
         url = _start_webserver(env, stack)
         cold, answer = _timed(_graphql, url, PARTITION_STATUS_QUERY, {"assetKey": {"path": ["usage_minute_buckets"]}})
         warm, _ = _timed(_graphql, url, PARTITION_STATUS_QUERY, {"assetKey": {"path": ["usage_minute_buckets"]}})
@@ -257,6 +258,20 @@ def _bench_status(env: dict) -> float | None:
     done = subprocess.run([sys.executable, "-m", "billing_assets.cli.main", "status"], env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - began
     print(f"  billing status: {seconds:.2f}s (exit {done.returncode}, includes interpreter start)", flush=True)
+    return seconds
+
+
+def _bench_reconcile_submit(instance, source_ids: list[str], now) -> float:
+    """`billing reconcile`'s path: `submit_reconcile_backfill` per source, 2 hours each, in process."""
+    from billing_assets.definitions import defs
+    from billing_assets.defs.ops.reconcile import submit_reconcile_backfill
+
+    end = now - timedelta(hours=1)
+    began = time.perf_counter()
+    for source_id in source_ids:
+        submit_reconcile_backfill(instance, defs, source_id, end - timedelta(hours=2), end)
+    seconds = time.perf_counter() - began
+    print(f"  reconcile submit via submit_reconcile_backfill ({len(source_ids)} sources x 2 h): {seconds:.2f}s", flush=True)
     return seconds
 
 

@@ -1,8 +1,11 @@
 """Bucket step: recompute a slice's minute buckets from samples, write changes.
 
-Chunks of an hour keep memory bounded by chunk size on long ranges; each
-chunk is its own transaction, which is safe because bucket writes are
-idempotent upserts of values derived only from stored samples.
+Chunks keep memory bounded on long ranges: at most an hour, and fewer
+minutes when the source is dense enough that an hour would hold more than
+`MAX_CHUNK_SAMPLES` samples (10,000 users at 15 s are 3.6 M samples an hour,
+several GiB as a DataFrame). Each chunk is its own transaction, which is safe
+because bucket writes are idempotent upserts of values derived only from
+stored samples.
 """
 
 from __future__ import annotations
@@ -14,13 +17,22 @@ from datetime import datetime, timedelta
 from sqlalchemy import Engine
 
 from billing_assets.core.buckets import compute_minute_buckets
-from billing_assets.core.timeutil import now_utc
+from billing_assets.core.timeutil import MINUTE, now_utc
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.model import Source
 from billing_assets.storage import buckets as bucket_store
 from billing_assets.storage.sql import source_lock
 
 CHUNK = timedelta(hours=1)
+MAX_CHUNK_SAMPLES = 600_000  # ~0.4 GiB of pandas frames at peak in compute_minute_buckets
+
+
+def chunk_for(rows: int, work: Slice, longest: timedelta, budget: int) -> timedelta:
+    """Whole minutes such that a chunk of `work` holds about `budget` of its `rows` (at most `longest`)."""
+    if rows <= budget or work.minutes <= 1:
+        return longest
+    minutes = max(1, work.minutes * budget // rows)
+    return min(longest, MINUTE * minutes)
 
 
 @dataclass
@@ -33,9 +45,18 @@ class BucketStats:
 
 
 def bucket_slice(
-    engine: Engine, source: Source, work: Slice, clock: Callable[[], datetime] = now_utc, chunk: timedelta = CHUNK
+    engine: Engine,
+    source: Source,
+    work: Slice,
+    clock: Callable[[], datetime] = now_utc,
+    chunk: timedelta = CHUNK,
+    max_samples: int = MAX_CHUNK_SAMPLES,
 ) -> BucketStats:
     stats = BucketStats()
+    if work.end - work.start > MINUTE:
+        with engine.connect() as connection:
+            stored = bucket_store.count_samples(connection, source.source_id, work.start, work.end)
+        chunk = chunk_for(stored, work, chunk, max_samples)
     for part in work.chunks(chunk):
         with engine.begin() as connection:
             source_lock(connection, "buckets", source.source_id)

@@ -17,13 +17,15 @@ from sqlalchemy.exc import IntegrityError
 
 from billing_assets.core.ledger import plan_ledger_entries
 from billing_assets.core.pricing import Pricing, nanos_to_amount
-from billing_assets.core.timeutil import now_utc
+from billing_assets.core.timeutil import MINUTE, now_utc
+from billing_assets.pipeline.bucket import chunk_for
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.model import Source
 from billing_assets.storage import ledger as ledger_store
 from billing_assets.storage.sql import source_lock
 
 CHUNK = timedelta(hours=1)
+MAX_CHUNK_BUCKETS = 300_000  # bounded memory for dense sources, as in pipeline.bucket
 ATTEMPTS = 3
 
 
@@ -47,8 +49,13 @@ def charge_slice(
     run_id: str | None = None,
     clock: Callable[[], datetime] = now_utc,
     chunk: timedelta = CHUNK,
+    max_buckets: int = MAX_CHUNK_BUCKETS,
 ) -> LedgerStats:
     stats = LedgerStats()
+    if work.end - work.start > MINUTE:
+        with engine.connect() as connection:
+            stored = ledger_store.count_buckets(connection, source.source_id, work.start, work.end)
+        chunk = chunk_for(stored, work, chunk, max_buckets)
     for part in work.chunks(chunk):
         for attempt in range(1, ATTEMPTS + 1):
             try:

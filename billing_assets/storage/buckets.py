@@ -91,6 +91,18 @@ def statements(connection: Connection) -> dict:
     return _statements(connection.dialect.name, time_select(connection, "{column}"))
 
 
+COUNT_SAMPLES = typed(
+    "SELECT COUNT(*) FROM usage_samples WHERE source_id = :source_id AND collected_at >= :start AND collected_at < :end",
+    _RANGE_PARAMS,
+)
+
+
+def count_samples(connection: Connection, source_id: str, start: datetime, end: datetime) -> int:
+    """Samples stored for [start, end): sizes bucket chunks (an index-only range count)."""
+    params = {"source_id": source_id, "start": start, "end": end}
+    return int(connection.execute(COUNT_SAMPLES, params).scalar_one())
+
+
 def load_window(connection: Connection, source_id: str, start: datetime, end: datetime) -> tuple[pd.DataFrame, pd.DataFrame]:
     params = {"source_id": source_id, "start": start, "end": end}
     sql = statements(connection)

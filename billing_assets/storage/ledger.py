@@ -56,6 +56,17 @@ LEDGER_MISMATCHES = typed(
 )
 
 
+COUNT_BUCKETS = typed(
+    "SELECT COUNT(*) FROM usage_minute_buckets WHERE source_id = :source_id AND bucket_start >= :start AND bucket_start < :end",
+    {"start": "ts", "end": "ts"},
+)
+
+
+def count_buckets(connection: Connection, source_id: str, start: datetime, end: datetime) -> int:
+    """Buckets stored for [start, end): sizes ledger chunks."""
+    return int(connection.execute(COUNT_BUCKETS, {"source_id": source_id, "start": start, "end": end}).scalar_one())
+
+
 def load_ledger_state(connection: Connection, source_id: str, start: datetime, end: datetime) -> pd.DataFrame:
     prefer_hash_joins(connection)
     state = frame(connection, BUCKETS_WITH_CHARGES, {"source_id": source_id, "start": start, "end": end}, LEDGER_STATE_COLUMNS)
