@@ -65,6 +65,19 @@ def _limit_param(query: dict[str, str]) -> int:
     return min(limit, MAX_LIMIT)
 
 
+def parse_window_query(query: dict[str, str]) -> tuple[datetime, datetime, int, Cursor]:
+    """since/until/limit/cursor of a window request; BadRequest/CursorError when invalid."""
+    since = _time_param(query, "since")
+    until = _time_param(query, "until")
+    if until < since:
+        raise BadRequest("until must not be before since")
+    limit = _limit_param(query)
+    since_us, until_us = rfc3339.to_us(since), rfc3339.to_us(until)
+    token = query.get("cursor")
+    cursor = Cursor.decode(token, since_us, until_us) if token else Cursor(since_us, until_us, 0, 0)
+    return since, until, limit, cursor
+
+
 class SnapshotApi:
     def __init__(self, shape: TrafficShape, visibility_delay_s: float = 0.0) -> None:
         self.shape = shape
@@ -106,16 +119,10 @@ class SnapshotApi:
 
     def window(self, query: dict[str, str], now: datetime, faults: Faults) -> Reply:
         try:
-            since = _time_param(query, "since")
-            until = _time_param(query, "until")
-            if until < since:
-                raise BadRequest("until must not be before since")
-            limit = _limit_param(query)
-            since_us, until_us = rfc3339.to_us(since), rfc3339.to_us(until)
-            token = query.get("cursor")
-            cursor = Cursor.decode(token, since_us, until_us) if token else Cursor(since_us, until_us, 0, 0)
+            since, until, limit, cursor = parse_window_query(query)
         except (BadRequest, CursorError) as exc:
             return error(400, str(exc))
+        since_us, until_us = cursor.since_us, cursor.until_us
 
         window = self.model.index_range(since, until)
         visible_stop = min(window.stop, self._last_visible_index(now, faults) + 1)

@@ -164,8 +164,13 @@ def bulk_insert(connection: Connection, table: str, columns: Sequence[str], rows
                 copy.write_row(row)
                 written += 1
         return written
-    statement = f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})"
-    cursor = raw.cursor()
+    return _executemany(connection, f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})", rows)
+
+
+def _executemany(connection: Connection, statement: str, rows: Iterable[tuple]) -> int:
+    """SQLite: one prepared statement over batches of driver-ready tuples."""
+    cursor = connection.connection.driver_connection.cursor()
+    written = 0
     try:
         with _driver_errors(connection)(statement):
             for batch in _batches(rows, 20_000):
@@ -189,17 +194,7 @@ def bulk_upsert(
     names = ", ".join(columns)
     conflict = f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in update)
     if not is_postgres(connection):
-        statement = f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))}) {conflict}"
-        raw, written = connection.connection.driver_connection, 0
-        cursor = raw.cursor()
-        try:
-            with _driver_errors(connection)(statement):
-                for batch in _batches(rows, 20_000):
-                    cursor.executemany(statement, batch)
-                    written += len(batch)
-        finally:
-            cursor.close()
-        return written
+        return _executemany(connection, f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))}) {conflict}", rows)
     staging = f"_bulk_{table}"
     connection.exec_driver_sql(f"DROP TABLE IF EXISTS {staging}")
     connection.exec_driver_sql(

@@ -24,7 +24,7 @@ from pathlib import Path
 from billing_assets.core.timeutil import format_rfc3339
 from billing_assets.exporter import ExporterServer, ServerTls, TrafficShape, generate_tls_material
 from billing_assets.exporter import rfc3339
-from billing_assets.exporter.api import BadRequest, Reply, _limit_param, _time_param, error
+from billing_assets.exporter.api import BadRequest, Reply, error, parse_window_query
 from billing_assets.exporter.cursor import Cursor, CursorError
 from billing_assets.exporter.faults import Faults
 
@@ -127,15 +127,10 @@ class ScriptedWindowApi:
         if script is None:
             return error(503, "no script installed")
         try:
-            since, until = _time_param(query, "since"), _time_param(query, "until")
-            if until < since:
-                raise BadRequest("until must not be before since")
-            limit = _limit_param(query)
-            since_us, until_us = rfc3339.to_us(since), rfc3339.to_us(until)
-            token = query.get("cursor")
-            cursor = Cursor.decode(token, since_us, until_us) if token else Cursor(since_us, until_us, 0, 0)
+            since, until, limit, cursor = parse_window_query(query)
         except (BadRequest, CursorError) as exc:
             return error(400, str(exc))
+        since_us, until_us = cursor.since_us, cursor.until_us
         served = script.served(since, until)
         start, stop = script.page_bounds(cursor.offset, cursor.page, limit, len(served))
         has_more = stop < len(served)
