@@ -25,7 +25,7 @@ from billing_assets.storage import ledger as ledger_store
 from billing_assets.storage.sql import source_lock
 
 CHUNK = timedelta(hours=1)
-MAX_CHUNK_BUCKETS = 300_000  # bounded memory for dense sources, as in pipeline.bucket
+MAX_CHUNK_BUCKETS = 100_000  # same memory budget as pipeline.bucket
 ATTEMPTS = 3
 
 
