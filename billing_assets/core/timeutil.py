@@ -59,6 +59,3 @@ def parse_duration(text: str | int | float) -> timedelta:
         raise ValueError(f"{text!r} is not a duration like '60s', '5m', '2h' or '32d'")
     return timedelta(seconds=int(match.group(1)) * _UNITS[match.group(2)])
 
-
-def minutes_between(start: datetime, end: datetime) -> int:
-    return int((end - start) // MINUTE)
