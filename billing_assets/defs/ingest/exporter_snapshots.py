@@ -1,17 +1,11 @@
 import dagster as dg
 
-from billing_assets.defs.partitions import billing_partitions
 from billing_assets.defs.resources import BillingStore
-from billing_assets.defs.run_context import run_each_slice, summed, window_metadata
+from billing_assets.defs.run_context import billing_asset, run_each_slice, summed, window_metadata
 from billing_assets.pipeline.fetch import fetch_slice
 
 
-@dg.asset(
-    partitions_def=billing_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    kinds={"python", "sql"},
-    group_name="ingest",
-)
+@billing_asset("ingest", {"python", "sql"})
 def exporter_snapshots(context: dg.AssetExecutionContext, billing: BillingStore) -> dg.MaterializeResult:
     """Every page the exporter returns for the window, staged as received.
 

@@ -1,18 +1,11 @@
 import dagster as dg
 
-from billing_assets.defs.partitions import billing_partitions
 from billing_assets.defs.resources import BillingStore
-from billing_assets.defs.run_context import run_each_slice, summed, window_metadata
+from billing_assets.defs.run_context import billing_asset, run_each_slice, summed, window_metadata
 from billing_assets.pipeline.dedup import dedup_slice
 
 
-@dg.asset(
-    partitions_def=billing_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    deps=["exporter_snapshots"],
-    kinds={"sql"},
-    group_name="ingest",
-)
+@billing_asset("ingest", {"sql"}, deps=["exporter_snapshots"])
 def usage_samples(context: dg.AssetExecutionContext, billing: BillingStore) -> dg.MaterializeResult:
     """Deduplicated samples: each sample identity at most once, first delivery wins.
 

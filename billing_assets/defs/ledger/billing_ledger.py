@@ -1,18 +1,11 @@
 import dagster as dg
 
-from billing_assets.defs.partitions import billing_partitions
 from billing_assets.defs.resources import BillingStore
-from billing_assets.defs.run_context import run_each_slice, summed, window_metadata
+from billing_assets.defs.run_context import billing_asset, run_each_slice, summed, window_metadata
 from billing_assets.pipeline.charge import charge_slice
 
 
-@dg.asset(
-    partitions_def=billing_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    deps=["usage_minute_buckets"],
-    kinds={"sql"},
-    group_name="ledger",
-)
+@billing_asset("ledger", {"sql"}, deps=["usage_minute_buckets"])
 def billing_ledger(context: dg.AssetExecutionContext, billing: BillingStore) -> dg.MaterializeResult:
     """Append-only charges: the sum of a bucket's entries is what it costs.
 

@@ -1,18 +1,11 @@
 import dagster as dg
 
-from billing_assets.defs.partitions import billing_partitions
 from billing_assets.defs.resources import BillingStore
-from billing_assets.defs.run_context import run_each_slice, summed, window_metadata
+from billing_assets.defs.run_context import billing_asset, run_each_slice, summed, window_metadata
 from billing_assets.pipeline.bucket import bucket_slice
 
 
-@dg.asset(
-    partitions_def=billing_partitions,
-    backfill_policy=dg.BackfillPolicy.single_run(),
-    deps=["usage_samples"],
-    kinds={"pandas", "sql"},
-    group_name="usage",
-)
+@billing_asset("usage", {"pandas", "sql"}, deps=["usage_samples"])
 def usage_minute_buckets(context: dg.AssetExecutionContext, billing: BillingStore) -> dg.MaterializeResult:
     """Bytes used per (node, env, user, inbound tag, minute), from counter deltas.
 
