@@ -184,12 +184,9 @@ def run_fleet(args) -> dict:
 
             fresh = database_urls(["postgres"], root, admin, stack)
             dagster_url, billing_url = fresh("postgres"), fresh("postgres")
-        home = root / "dagster_home"
-        home.mkdir(exist_ok=True)
-        pg_url = dagster_url.replace("postgresql+psycopg://", "postgresql+psycopg2://")  # dagster-postgres is tested on psycopg2
-        (home / "dagster.yaml").write_text(
-            yaml.safe_dump({"telemetry": {"enabled": False}, "storage": {"postgres": {"postgres_url": pg_url}}})
-        )
+        from bench.run import dagster_home
+
+        home = Path(dagster_home(root, "dagster_home", dagster_url))
         registry = root / "sources.yaml"
         source_ids = _registry(registry, args.fleet_sources, format_rfc3339(start_day))
         env = dict(

@@ -20,6 +20,7 @@ import platform
 import subprocess
 import sys
 import tempfile
+import threading
 from contextlib import ExitStack
 from dataclasses import asdict, replace
 from datetime import timedelta
@@ -53,6 +54,46 @@ def spawn(job: dict) -> dict:
     result = json.loads(line.removeprefix("BENCH-RESULT "))
     result["peak_rss_mib"] = usage.ru_maxrss / 1024
     return result
+
+
+def spawn_concurrently(job: dict, concurrency: int) -> dict:
+    """`job` split by source over `concurrency` child processes running at once.
+
+    This is how production runs a fleet: one run per source, several sources
+    at a time (the run queue limits each source to one run, not the fleet).
+    Wall time is the span from the first run's start to the last run's end;
+    peak RSS is the largest single process, as each is its own run worker.
+    """
+    source_ids = job["source_ids"]
+    groups = [source_ids[index::concurrency] for index in range(min(concurrency, len(source_ids)))]
+    if len(groups) <= 1:
+        return spawn(job)
+    results: list[dict] = [{} for _ in groups]
+    threads = [
+        threading.Thread(target=lambda n, group: results[n].update(spawn({**job, "source_ids": group})), args=(n, group))
+        for n, group in enumerate(groups)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if any(not result for result in results):
+        raise SystemExit(f"a concurrent {job['mode']} job failed; see its output above")
+    merged = {
+        "wall_s": max(r["ended_at"] for r in results) - min(r["began_at"] for r in results),
+        "samples": sum(r["samples"] for r in results),
+        "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
+        "concurrency": len(groups),
+    }
+    if job["mode"] == "baseline":
+        merged.update(pages=sum(r["pages"] for r in results), body_bytes=sum(r["body_bytes"] for r in results))
+    else:  # every worker counts the whole database at its end; the last to finish saw everything
+        last = max(results, key=lambda r: r["ended_at"])
+        merged.update(samples=last["rows"]["usage_samples"], rows=last["rows"], stages_s={})
+        for result in results:
+            for stage, seconds in result["stages_s"].items():
+                merged["stages_s"][stage] = merged["stages_s"].get(stage, 0.0) + seconds
+    return merged
 
 
 def machine() -> str:
@@ -99,10 +140,19 @@ def database_urls(names: list[str], root: Path, admin_url: str | None, stack: Ex
     return fresh
 
 
-def dagster_home(root: Path, name: str) -> str:
+def dagster_home(root: Path, name: str, storage_url: str | None = None) -> str:
+    """A DAGSTER_HOME; with `storage_url` (PostgreSQL) its runs, events and
+    schedules live there, as in production (deploy/dagster.yaml)."""
+    import yaml
+
     home = root / name
     home.mkdir(parents=True, exist_ok=True)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+    config: dict = {"telemetry": {"enabled": False}}
+    if storage_url:
+        # dagster-postgres is tested on psycopg2; SQLAlchemy 2.1 maps postgresql:// to psycopg 3.
+        pg_url = storage_url.replace("postgresql+psycopg://", "postgresql+psycopg2://")
+        config["storage"] = {"postgres": {"postgres_url": pg_url}}
+    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
     return str(home)
 
 
@@ -121,14 +171,21 @@ def throughput(args, shape: Shape, databases: list[str], with_overhead: bool) ->
         registry = exporters.write_registry(root / "sources.yaml")
         source_ids = [entry["source_id"] for entry in exporters.entries]
         fresh = database_urls(databases, root, args.postgres_admin_url, stack)
+        def instance_home(name: str, kind: str) -> str:
+            """Dagster storage follows the billing database: PostgreSQL runs use PostgreSQL instance storage."""
+            return dagster_home(root, name, fresh(kind) if kind == "postgres" and args.dagster_storage == "postgres" else None)
+
         common = {"sources_file": str(registry), "start": start.isoformat(), "end": end.isoformat(), "source_ids": source_ids}
         print(f"shape: {shape.label()} (~{shape.expected_samples:,} samples)", flush=True)
-        baseline = spawn({**common, "mode": "baseline"})
+        baseline = spawn_concurrently({**common, "mode": "baseline"}, args.concurrency)
         report["baseline"] = baseline
         _print_baseline(baseline)
         for kind in databases:
-            job = {**common, "mode": "pipeline", "database_url": fresh(kind), "dagster_home": dagster_home(root, f"dagster-{kind}")}
-            result = spawn(job)
+            job = {**common, "mode": "pipeline", "database_url": fresh(kind), "dagster_home": instance_home(f"dagster-{kind}", kind)}
+            if args.concurrency > 1:
+                spawn({**job, "mode": "prepare"})  # schema and partitions once, not raced by the workers
+                job["prepared"] = True
+            result = spawn_concurrently(job, args.concurrency)
             result["samples_per_s"] = result["samples"] / result["wall_s"]
             result["ratio_to_baseline"] = result["samples_per_s"] / (baseline["samples"] / baseline["wall_s"])
             report["databases"][kind] = result
@@ -137,7 +194,7 @@ def throughput(args, shape: Shape, databases: list[str], with_overhead: bool) ->
             kind = databases[-1]
             job = {
                 **common, "mode": "overhead", "source_ids": source_ids[:1], "small_minutes": args.overhead_minutes,
-                "long_minutes": 60, "database_url": fresh(kind), "dagster_home": dagster_home(root, "dagster-overhead"),
+                "long_minutes": 60, "database_url": fresh(kind), "dagster_home": instance_home("dagster-overhead", kind),
             }  # fmt: skip
             # Dagster's own cost: a 20-user exporter so data costs nearly nothing.
             small = ExporterProcesses(root / "overhead")
@@ -154,7 +211,7 @@ def throughput(args, shape: Shape, databases: list[str], with_overhead: bool) ->
 def _print_baseline(result: dict) -> None:
     rate = result["samples"] / result["wall_s"]
     print(
-        f"baseline (download + json.loads): {result['samples']:,} samples, {result['pages']} pages, "
+        f"baseline (download + json.loads, {result.get('concurrency', 1)} at a time): {result['samples']:,} samples, {result['pages']} pages, "
         f"{result['body_bytes'] / 1e6:.0f} MB in {result['wall_s']:.1f}s = {rate:,.0f} samples/s, "
         f"peak RSS {result['peak_rss_mib']:.0f} MiB",
         flush=True,
@@ -165,7 +222,7 @@ def _print_pipeline(kind: str, result: dict) -> None:
     stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in result["stages_s"].items())
     rows = sum(result["rows"].values())
     print(
-        f"pipeline on {kind}: {result['samples']:,} samples in {result['wall_s']:.1f}s = "
+        f"pipeline on {kind} ({result.get('concurrency', 1)} at a time): {result['samples']:,} samples in {result['wall_s']:.1f}s = "
         f"{result['samples_per_s']:,.0f} samples/s ({result['ratio_to_baseline']:.2f} of baseline); "
         f"stages: {stages}; peak RSS {result['peak_rss_mib']:.0f} MiB; rows written {rows:,} {result['rows']}",
         flush=True,
@@ -195,6 +252,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--db", action="append", choices=["sqlite", "postgres"], help="repeatable; default per preset")
     p.add_argument("--overhead", action=argparse.BooleanOptionalAction, help="measure Dagster's per-run overhead")
     p.add_argument("--overhead-minutes", type=int, default=10)
+    p.add_argument(
+        "--dagster-storage", choices=["postgres", "sqlite"], default="postgres",
+        help="Dagster instance storage for PostgreSQL runs (default postgres, as deploy/dagster.yaml); SQLite runs always use sqlite",
+    )
+    p.add_argument(
+        "--concurrency", type=int, default=1,
+        help="sources run this many at a time, each worker its own process (production runs sources concurrently)",
+    )
     p.add_argument("--postgres-admin-url", help="use this server (a superuser URL) instead of starting one")
     p.add_argument("--workdir", help="keep exporters' certs, databases and DAGSTER_HOME here")
     p.add_argument("--json", help="also write the full report here")

@@ -70,10 +70,17 @@ def _prepare(job: dict):
     from billing_assets.storage.engine import get_engine, migrate
 
     _environment(job)
-    migrate(get_engine(job["database_url"]))
     instance = dg.DagsterInstance.get()
-    sync_instance(instance, load_registry(job["sources_file"]))
+    if not job.get("prepared"):
+        migrate(get_engine(job["database_url"]))
+        sync_instance(instance, load_registry(job["sources_file"]))
     return defs, instance
+
+
+def prepare(job: dict) -> dict:
+    """Schema and dynamic partitions, once, before concurrent workers start."""
+    _prepare(job)
+    return {}
 
 
 def pipeline(job: dict) -> dict:
@@ -82,13 +89,18 @@ def pipeline(job: dict) -> dict:
     start, end = datetime.fromisoformat(job["start"]), datetime.fromisoformat(job["end"])
     stages: dict[str, float] = {}
     wall = 0.0
+    began_at = time.time()
     for source_id in job["source_ids"]:
         seconds, per_stage = _run_range(defs, instance, source_id, start, end)
         wall += seconds
         for stage, value in per_stage.items():
             stages[stage] = stages.get(stage, 0.0) + value
+    ended_at = time.time()
     rows = table_rows(job["database_url"])
-    return {"wall_s": wall, "stages_s": stages, "samples": rows["usage_samples"], "rows": rows}
+    return {
+        "wall_s": wall, "stages_s": stages, "samples": rows["usage_samples"], "rows": rows,
+        "began_at": began_at, "ended_at": ended_at,
+    }  # fmt: skip
 
 
 def baseline(job: dict) -> dict:
@@ -101,7 +113,7 @@ def baseline(job: dict) -> dict:
     registry = load_registry(job["sources_file"])
     start, end = datetime.fromisoformat(job["start"]), datetime.fromisoformat(job["end"])
     samples = pages = body_bytes = 0
-    began = time.perf_counter()
+    began, began_at = time.perf_counter(), time.time()
     for source_id in job["source_ids"]:
         source = registry.get(source_id)
         since = start - source.overlap
@@ -117,7 +129,10 @@ def baseline(job: dict) -> dict:
                 if not page["has_more"]:
                     break
                 cursor = page["next_cursor"]
-    return {"wall_s": time.perf_counter() - began, "samples": samples, "pages": pages, "body_bytes": body_bytes}
+    return {
+        "wall_s": time.perf_counter() - began, "samples": samples, "pages": pages, "body_bytes": body_bytes,
+        "began_at": began_at, "ended_at": time.time(),
+    }  # fmt: skip
 
 
 def overhead(job: dict) -> dict:
@@ -152,7 +167,7 @@ def overhead(job: dict) -> dict:
     }
 
 
-JOBS = {"pipeline": pipeline, "baseline": baseline, "overhead": overhead}
+JOBS = {"prepare": prepare, "pipeline": pipeline, "baseline": baseline, "overhead": overhead}
 
 
 def main() -> int:

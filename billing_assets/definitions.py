@@ -8,12 +8,15 @@ add start-up time per run. Domain modules are imported as modules (not their
 
 import dagster as dg
 
+from billing_assets.defs import event_volume
 from billing_assets.defs.health import definitions as health
 from billing_assets.defs.ingest import definitions as ingest
 from billing_assets.defs.ledger import definitions as ledger
 from billing_assets.defs.ops import definitions as ops
 from billing_assets.defs.resources import BillingStore
 from billing_assets.defs.usage import definitions as usage
+
+event_volume.apply_defaults()
 
 defs = dg.Definitions.merge(
     ingest.defs,

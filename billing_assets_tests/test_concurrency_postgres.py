@@ -250,6 +250,43 @@ def test_unique_entry_seq_stops_a_racing_charge_without_the_lock(pg, upstream, r
     assert ledger_problems(oracle_for(script, start, start + MINUTE, start), rows) == []
 
 
+def test_sample_primary_key_stops_a_racing_dedup_without_the_lock(pg, upstream, recent_hour, monkeypatch):
+    """Two dedup writers that both see "not stored yet": the primary key, not Python, stores each sample once."""
+    url, engine, sources_file, workers = pg
+    start = recent_hour
+    script = history("cc-5", "node-cc-5", start, 2)
+    source = register(upstream, sources_file, script, start)
+    work = Slice("cc-5", start, start + 2 * MINUTE)
+    fetch_slice(engine, source, work)
+
+    monkeypatch.setattr("billing_assets.storage.samples.source_lock", lambda *args: None)
+    racer = create_engine(url)
+    with racer.connect() as other:
+        transaction = other.begin()
+        from billing_assets.storage.samples import dedup_staged
+
+        first = dedup_staged(other, "cc-5", work.start - source.overlap, work.end, start, start - timedelta(days=32))
+        assert first.inserted > 0  # the racer holds every sample of the window, uncommitted
+        outcome: dict = {}
+        deduping = threading.Thread(target=lambda: outcome.update(stats=dedup_slice(engine, source, work)))
+        deduping.start()
+        wait_until(lambda: _waiting_on_lock(engine, "usage_samples"), "our insert to wait for the racer's rows")
+        transaction.commit()  # the racer's rows land first; ours now violate the primary key
+        deduping.join(WAIT_S)
+    racer.dispose()
+    assert "stats" in outcome, "dedup_slice must retry after the unique violation, not fail"
+    assert outcome["stats"].inserted == 0, "the retry finds every sample stored and inserts none"
+    assert _count(engine, "SELECT COUNT(*) FROM usage_samples WHERE source_id = 'cc-5'") == first.inserted
+    bucket_slice(engine, source, work)
+    charge_slice(engine, source, work, DEFAULT_PRICING)
+    assert_billed_once(engine, "cc-5", oracle_for(script, start, start + 2 * MINUTE, start))
+
+
+def _count(engine, sql: str) -> int:
+    with engine.connect() as connection:
+        return int(connection.execute(text(sql)).scalar_one())
+
+
 def _waiting_on_lock(engine, table: str, app: str | None = None) -> bool:
     """Whether a backend (of `app`, or any other) waits on a lock in a statement naming `table`.
 

@@ -1,9 +1,14 @@
 """Dedup: staged deliveries become `usage_samples`, each identity at most once.
 
-Set-based SQL so the database, not Python, decides uniqueness: the primary
-key on the sample identity makes a concurrent insert of the same sample a
-no-op. The first delivery of an identity wins; a later delivery with other
-totals is recorded in `sample_conflicts` and never billed.
+Set-based SQL so the database, not Python, decides uniqueness. New
+identities are found with an anti-join against what is stored and inserted
+plainly: `ON CONFLICT DO NOTHING` checked every row twice (speculative
+insertion) and cost a third of the step. Writers of one source are
+serialised (`source_lock`; SQLite writers are serial anyway), and the primary
+key on the sample identity still refuses a duplicate if two writers ever
+race: the insert then fails whole and the caller retries, so a sample is
+never stored twice. The first delivery of an identity wins; a later delivery
+with other totals is recorded in `sample_conflicts` and never billed.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection
 
-from billing_assets.storage.sql import prefer_hash_joins, typed
+from billing_assets.storage.sql import prefer_hash_joins, source_lock, typed
 
 CONFLICT_REASON = "conflicting duplicate: same sample identity delivered with different totals; first delivery kept"
 
@@ -33,7 +38,12 @@ INSERT_FIRST_DELIVERIES = typed(
         WHERE {_RANGE} AND r.collected_at >= :horizon
     ) ranked
     WHERE delivery_rank = 1
-    ON CONFLICT DO NOTHING
+      AND NOT EXISTS (
+        SELECT 1 FROM usage_samples u
+        WHERE u.source_id = :source_id AND u.collected_at >= :since AND u.collected_at < :until
+          AND u.node_id = ranked.node_id AND u.env = ranked.env AND u.uuid = ranked.uuid
+          AND u.inbound_tag = ranked.inbound_tag AND u.collected_at = ranked.collected_at
+      )
     """,
     {"since": "ts", "until": "ts", "now": "ts", "horizon": "ts"},
 )
@@ -83,9 +93,10 @@ def dedup_staged(
 ) -> DedupStats:
     """Move first deliveries of [since, until) into usage_samples; quarantine conflicts."""
     base = {"source_id": source_id, "since": since, "until": until}
+    source_lock(connection, "samples", source_id)
+    prefer_hash_joins(connection)  # the anti-join and the conflict join; see sql.prefer_hash_joins
     staged, beyond = connection.execute(COUNT_STAGED, dict(base, horizon=horizon)).one()
     inserted = connection.execute(INSERT_FIRST_DELIVERIES, dict(base, now=now, horizon=horizon)).rowcount
-    prefer_hash_joins(connection)  # the conflict join below; see sql.prefer_hash_joins
     conflicts = connection.execute(
         QUARANTINE_CONFLICTS, dict(base, now=now, window_start=since, reason=CONFLICT_REASON)
     ).rowcount
