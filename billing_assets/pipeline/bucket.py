@@ -1,5 +1,8 @@
 """Bucket step: recompute a slice's minute buckets from samples, write changes.
 
+On PostgreSQL the database computes them (storage/buckets_in_database.py:
+no row transfer); on SQLite the pure pandas function does, on the rows read.
+
 Chunks keep memory bounded on long ranges: at most an hour, and fewer
 minutes when the source is dense enough that an hour would hold more than
 `MAX_CHUNK_SAMPLES` samples (10,000 users at 15 s are 3.6 M samples an hour,
@@ -14,14 +17,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 
 from billing_assets.core.buckets import compute_minute_buckets
 from billing_assets.core.timeutil import MINUTE, now_utc
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.model import Source
 from billing_assets.storage import buckets as bucket_store
-from billing_assets.storage.sql import source_lock
+from billing_assets.storage.buckets_in_database import Recomputed, recompute_buckets
+from billing_assets.storage.sql import is_postgres, source_lock
 
 CHUNK = timedelta(hours=1)
 MAX_CHUNK_SAMPLES = 200_000  # 10k users x 30 min peaked at 473 MiB RSS (1,049 MiB at 600k)
@@ -60,12 +64,28 @@ def bucket_slice(
     for part in work.chunks(chunk):
         with engine.begin() as connection:
             source_lock(connection, "buckets", source.source_id)
-            samples, baselines = bucket_store.load_window(connection, source.source_id, part.start, part.end)
-            computed = compute_minute_buckets(samples, baselines, source.billing_start)
-            changed = bucket_store.changed_buckets(connection, source.source_id, part.start, part.end, computed)
-            stats.rows_written += bucket_store.write_buckets(connection, source.source_id, changed, clock())
-        stats.samples += len(samples)
-        stats.buckets += len(computed)
-        stats.uplink_bytes += int(computed["uplink_bytes"].sum()) if not computed.empty else 0
-        stats.downlink_bytes += int(computed["downlink_bytes"].sum()) if not computed.empty else 0
+            if is_postgres(connection):
+                done = recompute_buckets(connection, source.source_id, part.start, part.end, source.billing_start, clock())
+            else:
+                done = _recompute_in_pandas(connection, source, part, clock())
+        stats.samples += done.samples
+        stats.buckets += done.buckets
+        stats.rows_written += done.rows_written
+        stats.uplink_bytes += done.uplink_bytes
+        stats.downlink_bytes += done.downlink_bytes
     return stats
+
+
+def _recompute_in_pandas(connection: Connection, source: Source, part: Slice, now: datetime) -> Recomputed:
+    """SQLite (the embedded default): the pure `compute_minute_buckets` on the window's rows."""
+    samples, baselines = bucket_store.load_window(connection, source.source_id, part.start, part.end)
+    computed = compute_minute_buckets(samples, baselines, source.billing_start)
+    changed = bucket_store.changed_buckets(connection, source.source_id, part.start, part.end, computed)
+    written = bucket_store.write_buckets(connection, source.source_id, changed, now)
+    return Recomputed(
+        buckets=len(computed),
+        samples=len(samples),
+        uplink_bytes=int(computed["uplink_bytes"].sum()) if not computed.empty else 0,
+        downlink_bytes=int(computed["downlink_bytes"].sum()) if not computed.empty else 0,
+        rows_written=written,
+    )
