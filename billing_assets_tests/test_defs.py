@@ -20,7 +20,7 @@ from billing_assets.definitions import defs
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = {"exporter_snapshots", "usage_samples", "usage_minute_buckets", "billing_ledger"}
-SENSORS = {"exporter_sources_sensor", "collection_sensor"}
+SENSORS = {"exporter_sources_sensor", "collection_sensor", "partition_status_sensor"}
 SCHEDULES = {"reconcile_schedule", "source_health_schedule"}
 CHECKS = {"source_freshness", "source_completeness"}  # on the unpartitioned source_health asset
 BILLING_CHECKS = {"ledger_matches_buckets"}
