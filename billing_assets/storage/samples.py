@@ -48,8 +48,7 @@ INSERT_FIRST_DELIVERIES = typed(
     {"since": "ts", "until": "ts", "now": "ts", "horizon": "ts"},
 )
 
-QUARANTINE_CONFLICTS = typed(
-    f"""
+_QUARANTINE = f"""
     INSERT INTO sample_conflicts (source_id, node_id, env, uuid, inbound_tag, collected_at, window_start,
         kept_uplink_bytes_total, kept_downlink_bytes_total,
         rejected_uplink_bytes_total, rejected_downlink_bytes_total, reason, detected_at)
@@ -62,9 +61,29 @@ QUARANTINE_CONFLICTS = typed(
     WHERE {_RANGE}
       AND u.source_id = :source_id AND u.collected_at >= :since AND u.collected_at < :until
       AND (u.uplink_bytes_total <> r.uplink_bytes_total OR u.downlink_bytes_total <> r.downlink_bytes_total)
+      {{only}}
     ON CONFLICT DO NOTHING
-    """,
-    {"since": "ts", "until": "ts", "now": "ts", "window_start": "ts"},
+"""
+_QUARANTINE_PARAMS = {"since": "ts", "until": "ts", "now": "ts", "window_start": "ts"}
+
+# Run before the insert: deliveries that differ from what was already stored.
+# On a window's first pass nothing is stored, so this costs almost nothing.
+QUARANTINE_AGAINST_STORED = typed(_QUARANTINE.format(only=""), _QUARANTINE_PARAMS)
+
+# Run after the insert: among identities delivered more than once in this
+# fetch (rare), the later deliveries that differ from the first one, which
+# the insert has just stored. Together the two are "every staged delivery
+# that differs from the stored sample", without joining every staged row to
+# every stored row after the insert.
+QUARANTINE_REDELIVERED = typed(
+    _QUARANTINE.format(
+        only="""AND (r.node_id, r.env, r.uuid, r.inbound_tag, r.collected_at) IN (
+            SELECT d.node_id, d.env, d.uuid, d.inbound_tag, d.collected_at FROM exporter_snapshot_rows d
+            WHERE d.source_id = :source_id AND d.collected_at >= :since AND d.collected_at < :until
+            GROUP BY d.node_id, d.env, d.uuid, d.inbound_tag, d.collected_at HAVING COUNT(*) > 1
+        )"""
+    ),
+    _QUARANTINE_PARAMS,
 )
 
 COUNT_STAGED = typed(
@@ -94,13 +113,13 @@ def dedup_staged(
     """Move first deliveries of [since, until) into usage_samples; quarantine conflicts."""
     base = {"source_id": source_id, "since": since, "until": until}
     source_lock(connection, "samples", source_id)
-    prefer_hash_joins(connection)  # the anti-join and the conflict join; see sql.prefer_hash_joins
+    prefer_hash_joins(connection)  # the anti-join and the conflict joins; see sql.prefer_hash_joins
+    quarantine = dict(base, now=now, window_start=since, reason=CONFLICT_REASON)
     staged, beyond = connection.execute(COUNT_STAGED, dict(base, horizon=horizon)).one()
+    conflicts = connection.execute(QUARANTINE_AGAINST_STORED, quarantine).rowcount or 0
     inserted = connection.execute(INSERT_FIRST_DELIVERIES, dict(base, now=now, horizon=horizon)).rowcount
-    conflicts = connection.execute(
-        QUARANTINE_CONFLICTS, dict(base, now=now, window_start=since, reason=CONFLICT_REASON)
-    ).rowcount
-    return DedupStats(int(staged or 0), int(inserted or 0), int(conflicts or 0), int(beyond or 0))
+    conflicts += connection.execute(QUARANTINE_REDELIVERED, quarantine).rowcount or 0
+    return DedupStats(int(staged or 0), int(inserted or 0), int(conflicts), int(beyond or 0))
 
 
 def quarantined(connection: Connection, source_id: str, since: datetime, until: datetime, limit: int = 3) -> tuple[int, list[dict]]:
