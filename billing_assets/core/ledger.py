@@ -53,9 +53,8 @@ def plan_ledger_entries(state: pd.DataFrame, pricing: Pricing) -> pd.DataFrame:
     charged_up = state["charged_uplink"].astype("int64")
     charged_down = state["charged_downlink"].astype("int64")
     never = state["entry_count"].astype("int64") == 0
-    target_nanos = [
-        pricing.plan_for(uuid).amount_nanos(u, d) for uuid, u, d in zip(state["uuid"], up, down)
-    ]
+    plans = [pricing.plan_for(uuid) for uuid in state["uuid"].tolist()]
+    target_nanos = [plan.amount_nanos(u, d) for plan, u, d in zip(plans, up.tolist(), down.tolist())]
     amount = pd.Series(target_nanos, index=state.index, dtype="int64") - state["charged_nanos"].astype("int64")
     changed = (up != charged_up) | (down != charged_down)
     needs_entry = changed & ~(never & (up == 0) & (down == 0))
@@ -66,7 +65,7 @@ def plan_ledger_entries(state: pd.DataFrame, pricing: Pricing) -> pd.DataFrame:
     entries["uplink_bytes"] = (up - charged_up)[needs_entry]
     entries["downlink_bytes"] = (down - charged_down)[needs_entry]
     entries["amount_nanos"] = amount[needs_entry]
-    entries["plan"] = [pricing.plan_for(uuid).name for uuid in todo["uuid"]]
-    entries["entry_kind"] = ["charge" if n else "correction" for n in never[needs_entry]]
+    entries["plan"] = [plan.name for plan, needed in zip(plans, needs_entry.tolist()) if needed]
+    entries["entry_kind"] = ["charge" if n else "correction" for n in never[needs_entry].tolist()]
     entries["entry_seq"] = todo["last_seq"].astype("int64") + 1
     return entries[ENTRY_COLUMNS].reset_index(drop=True)

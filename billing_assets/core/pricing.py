@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
+from functools import cached_property
 
 GIB = 1 << 30
 NANOS = 10**9
@@ -19,10 +20,18 @@ class Plan:
     uplink_per_gib: Decimal
     downlink_per_gib: Decimal
 
+    @cached_property
+    def nano_rates(self) -> tuple[int, int]:
+        """(uplink, downlink) nano-units per GiB; Decimal arithmetic once per plan, not per bucket."""
+        return int(self.uplink_per_gib * NANOS), int(self.downlink_per_gib * NANOS)
+
     def amount_nanos(self, uplink_bytes: int, downlink_bytes: int) -> int:
-        """Price of a bucket in nano-units; rates are per GiB (2**30 bytes)."""
-        up_rate = int(self.uplink_per_gib * NANOS)
-        down_rate = int(self.downlink_per_gib * NANOS)
+        """Price of a bucket in nano-units; rates are per GiB (2**30 bytes).
+
+        Python integers, not int64: a first sample counts its whole counter, and
+        terabytes times a rate overflow 64 bits.
+        """
+        up_rate, down_rate = self.nano_rates
         numerator = int(uplink_bytes) * up_rate + int(downlink_bytes) * down_rate
         quotient, remainder = divmod(numerator, GIB)
         return quotient + (1 if 2 * remainder >= GIB else 0)
