@@ -5,6 +5,9 @@ minute, and a sample's delta depends on the sample before it. That is why the
 caller passes, besides the window's samples, the last sample *before* the
 window of every series (the baselines): without them the first sample of each
 series in the window would be charged in full.
+
+This function computes buckets on SQLite, and it is the reference the
+PostgreSQL statement (storage/buckets_in_database.py) is tested against.
 """
 
 from __future__ import annotations
