@@ -218,6 +218,7 @@ def run_fleet(args) -> dict:
         report["collection_sensor_s"] = _bench_sensor(instance)
         report["billing_status_s"] = _bench_status(env)
         report["reconcile_submit_s"] = _bench_reconcile_submit(instance, source_ids, now)
+        report["reconcile_cli_s"] = _bench_reconcile_cli(env, now)
         url = _start_webserver(env, stack)
         cold, answer = _timed(_graphql, url, PARTITION_STATUS_QUERY, {"assetKey": {"path": ["usage_minute_buckets"]}})
         warm, _ = _timed(_graphql, url, PARTITION_STATUS_QUERY, {"assetKey": {"path": ["usage_minute_buckets"]}})
@@ -273,6 +274,22 @@ def _bench_status(env: dict) -> float | None:
     done = subprocess.run([sys.executable, "-m", "billing_assets.cli.main", "status"], env=env, capture_output=True, text=True)
     seconds = time.perf_counter() - began
     print(f"  billing status: {seconds:.2f}s (exit {done.returncode}, includes interpreter start)", flush=True)
+    return seconds
+
+
+def _bench_reconcile_cli(env: dict, now) -> float:
+    """What an operator types: `billing reconcile --all-sources` over 2 hours (one process, one backfill per source)."""
+    from billing_assets.core.timeutil import format_rfc3339
+
+    end = now - timedelta(hours=4)
+    command = [sys.executable, "-m", "billing_assets.cli.main", "reconcile", "--all-sources",
+               "--since", format_rfc3339(end - timedelta(hours=2)), "--until", format_rfc3339(end)]  # fmt: skip
+    began = time.perf_counter()
+    done = subprocess.run(command, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - began
+    submitted = sum(1 for line in done.stdout.splitlines() if line.startswith("backfill "))
+    print(f"  billing reconcile --all-sources (2 h): {seconds:.2f}s, {submitted} backfills, exit {done.returncode}"
+          " (includes interpreter start)" + (f" {done.stderr[-500:]}" if done.returncode else ""), flush=True)
     return seconds
 
 

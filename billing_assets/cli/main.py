@@ -49,7 +49,7 @@ def _status(args) -> int:
 def _reconcile(args) -> int:
     from billing_assets.cli.reconcile import run_reconcile
 
-    return run_reconcile(args.source, args.since, args.until, wait=args.wait)
+    return run_reconcile(args.sources, args.since, args.until, wait=args.wait, all_sources=args.all_sources)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,8 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_status)
 
-    reconcile = commands.add_parser("reconcile", help="submit a backfill that re-materializes a source's range")
-    reconcile.add_argument("--source", required=True)
+    reconcile = commands.add_parser("reconcile", help="submit backfills that re-materialize sources' range")
+    which = reconcile.add_mutually_exclusive_group(required=True)
+    which.add_argument("--source", action="append", dest="sources", help="a source_id; repeat for several")
+    which.add_argument("--all-sources", action="store_true", help="every enabled window-API source in the registry")
     reconcile.add_argument("--since", required=True, help="RFC3339, inclusive (floored to the minute)")
     reconcile.add_argument("--until", required=True, help="RFC3339, exclusive (floored to the minute)")
     reconcile.add_argument("--wait", action="store_true", help="block until the backfill finishes (needs a running daemon)")

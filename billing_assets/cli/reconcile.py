@@ -10,33 +10,72 @@ import sys
 import time
 
 
-def run_reconcile(source_id: str, since: str, until: str, wait: bool = False, timeout_s: float = 3600) -> int:
+def run_reconcile(
+    source_ids: list[str] | None,
+    since: str,
+    until: str,
+    wait: bool = False,
+    timeout_s: float = 3600,
+    all_sources: bool = False,
+) -> int:
+    """One backfill per source; every source is checked before the first is submitted."""
     import dagster as dg
 
     from billing_assets.core.timeutil import format_rfc3339, parse_rfc3339
     from billing_assets.definitions import defs
-    from billing_assets.defs.ops.reconcile import ReconcileError, reconcile_window, submit_reconcile_backfill
+    from billing_assets.defs.ops.reconcile import (
+        ReconcileError,
+        reconcile_window,
+        require_registered,
+        submit_reconcile_backfill,
+    )
     from billing_assets.defs.resources import BillingStore
     from billing_assets.registry.model import RegistryError
 
     try:
-        source = BillingStore().registry().get(source_id)
-        start, end = reconcile_window(source, parse_rfc3339(since), parse_rfc3339(until))
+        registry = BillingStore().registry()
+        if all_sources:
+            sources = [source for source in registry.enabled if source.mode != "legacy_latest"]
+        else:
+            sources = [registry.get(source_id) for source_id in dict.fromkeys(source_ids or [])]
+        windows = {}
+        for source in sources:
+            try:
+                windows[source.source_id] = reconcile_window(source, parse_rfc3339(since), parse_rfc3339(until))
+            except ReconcileError as error:
+                if len(sources) == 1:
+                    raise
+                print(f"skipped: {error}", file=sys.stderr)
+        if not windows:
+            raise ReconcileError("no source has anything to reconcile in that range")
         instance = dg.DagsterInstance.get()
-        backfill_id = submit_reconcile_backfill(instance, defs, source_id, start, end)
+        require_registered(instance, list(windows))
     except (RegistryError, ReconcileError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    print(f"backfill {backfill_id}: reconcile {source_id} [{format_rfc3339(start)}, {format_rfc3339(end)})")
+    backfills = {}
+    for source_id, (start, end) in windows.items():
+        backfills[source_id] = submit_reconcile_backfill(instance, defs, source_id, start, end, checked=True)
+        print(f"backfill {backfills[source_id]}: reconcile {source_id} [{format_rfc3339(start)}, {format_rfc3339(end)})")
     if not wait:
-        print("the backfill daemon launches it; watch it under Overview > Backfills in the Dagster UI")
+        print("the backfill daemon launches them; watch them under Overview > Backfills in the Dagster UI")
         return 0
+    return _wait_for(instance, backfills, timeout_s)
+
+
+def _wait_for(instance, backfills: dict[str, str], timeout_s: float) -> int:
+    pending, failed = set(backfills.values()), False
     deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        status = instance.get_backfill(backfill_id).status
-        if status.value.startswith("COMPLETED") or status.value in ("FAILED", "CANCELED"):
-            print(f"backfill {backfill_id}: {status.value}")
-            return 0 if status.value == "COMPLETED_SUCCESS" else 1
-        time.sleep(2)
-    print(f"backfill {backfill_id}: still running after {timeout_s:.0f}s", file=sys.stderr)
-    return 1
+    while pending and time.monotonic() < deadline:
+        for backfill_id in sorted(pending):
+            status = instance.get_backfill(backfill_id).status
+            if status.value.startswith("COMPLETED") or status.value in ("FAILED", "CANCELED"):
+                print(f"backfill {backfill_id}: {status.value}")
+                failed |= status.value != "COMPLETED_SUCCESS"
+                pending.discard(backfill_id)
+        if pending:
+            time.sleep(2)
+    if pending:
+        print(f"backfill(s) {', '.join(sorted(pending))}: still running after {timeout_s:.0f}s", file=sys.stderr)
+        return 1
+    return 1 if failed else 0

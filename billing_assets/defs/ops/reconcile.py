@@ -44,16 +44,32 @@ def reconcile_window(source: Source, since: datetime, until: datetime) -> tuple[
     return start, end
 
 
+def require_registered(instance: dg.DagsterInstance, source_ids: list[str]) -> None:
+    """Every source must be a partition already: checked for all before anything is submitted."""
+    registered = set(instance.get_dynamic_partitions(SOURCES_PARTITION))
+    missing = [source_id for source_id in source_ids if source_id not in registered]
+    if missing:
+        raise ReconcileError(
+            f"source(s) {', '.join(map(repr, missing))} not a registered partition; run `billing sources sync` first"
+        )
+
+
 def submit_reconcile_backfill(
-    instance: dg.DagsterInstance, defs: dg.Definitions, source_id: str, start: datetime, end: datetime
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    source_id: str,
+    start: datetime,
+    end: datetime,
+    checked: bool = False,
 ) -> str:
     """Adds an asset backfill of the four billing assets over [start, end) of one source.
 
     The assets' BackfillPolicy.single_run() makes the backfill daemon launch it
-    as one run per contiguous range, tagged like a collection run.
+    as one run per contiguous range, tagged like a collection run. `checked`:
+    the caller already ran `require_registered` for a batch of sources.
     """
-    if source_id not in instance.get_dynamic_partitions(SOURCES_PARTITION):
-        raise ReconcileError(f"source {source_id!r} is not a registered partition; run `billing sources sync` first")
+    if not checked:
+        require_registered(instance, [source_id])
     keys, minute = [], start
     while minute < end:
         keys.append(partition_key(minute, source_id))
