@@ -21,6 +21,7 @@ from billing_assets.core.buckets import BUCKET_COLUMNS, SAMPLE_COLUMNS, compute_
 from billing_assets.storage.buckets_in_database import recompute_buckets
 from billing_assets.storage.engine import get_engine, migrate
 from billing_assets.storage.schema import usage_minute_buckets, usage_samples
+from billing_assets_tests.support.histories import counter_histories
 
 pytestmark = pytest.mark.postgres
 
@@ -35,24 +36,14 @@ def pg_engine(postgres_server):
     engine.dispose()
 
 
-@st.composite
-def histories(draw):
+def histories():
     """Sample rows (SAMPLE_COLUMNS order) of a few series over six minutes; emails change now and then."""
-    rows = []
-    for uuid in draw(st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3, unique=True)):
-        tag = draw(st.sampled_from(["vless-in", "trojan-in"]))
-        seconds = sorted(draw(st.sets(st.integers(0, 6 * 60 - 1), min_size=1, max_size=14)))
-        up = down = 0
-        for second in seconds:
-            step = draw(st.sampled_from(["grow", "grow", "idle", "reset"]))
-            if step == "grow":
-                up, down = up + draw(st.integers(0, 10**12)), down + draw(st.integers(0, 10**12))
-            elif step == "reset":
-                up, down = draw(st.integers(0, up)), draw(st.integers(0, down))
-            at = T0 + timedelta(seconds=second, microseconds=draw(st.integers(0, 999_999)))
-            email = f"{uuid}{draw(st.integers(0, 2))}@example.test"
-            rows.append(("node-1", "prod", uuid, tag, at, email, up, down))
-    return rows
+    return counter_histories(T0, tags=("vless-in", "trojan-in"), max_growth=10**12, per_series=14).map(
+        lambda rows: [
+            ("node-1", "prod", uuid, tag, at, f"{uuid}{variant}@example.test", up, down)
+            for uuid, tag, at, up, down, variant in rows
+        ]
+    )
 
 
 def frame(rows) -> pd.DataFrame:

@@ -19,6 +19,7 @@ from billing_assets.core.buckets import BUCKET_KEY, SAMPLE_COLUMNS, compute_minu
 from billing_assets.core.counters import counter_delta, counter_deltas
 from billing_assets.core.ledger import LEDGER_STATE_COLUMNS, plan_ledger_entries
 from billing_assets.core.pricing import DEFAULT_PRICING, Plan
+from billing_assets_tests.support.histories import counter_histories
 from billing_assets_tests.support.oracle import expected_amount_nanos, expected_buckets, expected_sample_counts
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=timezone.utc)
@@ -42,21 +43,11 @@ def test_vectorised_deltas_equal_the_scalar_rule(pairs):
     assert list(got) == [counter_delta(p, c) for p, c in pairs]
 
 
-@st.composite
-def sample_sets(draw):
+def sample_sets():
     """Samples of a few series over six minutes, as oracle tuples."""
-    rows = []
-    for uuid in draw(st.lists(st.sampled_from(["a", "b", "c"]), min_size=1, max_size=3, unique=True)):
-        seconds = sorted(draw(st.sets(st.integers(0, 6 * 60 - 1), min_size=1, max_size=12)))
-        up = down = 0
-        for second in seconds:
-            step = draw(st.sampled_from(["grow", "grow", "idle", "reset"]))
-            if step == "grow":
-                up, down = up + draw(st.integers(0, 10**9)), down + draw(st.integers(0, 10**9))
-            elif step == "reset":
-                up, down = draw(st.integers(0, up)), draw(st.integers(0, down))
-            rows.append(("n", "e", uuid, "tag", T0 + timedelta(seconds=second, microseconds=draw(st.integers(0, 999_999))), up, down))
-    return rows
+    return counter_histories(T0).map(
+        lambda rows: [("n", "e", uuid, tag, at, up, down) for uuid, tag, at, up, down, _ in rows]
+    )
 
 
 def as_frame(rows) -> pd.DataFrame:

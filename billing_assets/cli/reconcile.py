@@ -38,10 +38,11 @@ def run_reconcile(
             sources = [source for source in registry.enabled if source.mode != "legacy_latest"]
         else:
             sources = [registry.get(source_id) for source_id in dict.fromkeys(source_ids or [])]
+        begin, finish = parse_rfc3339(since), parse_rfc3339(until)
         windows = {}
         for source in sources:
             try:
-                windows[source.source_id] = reconcile_window(source, parse_rfc3339(since), parse_rfc3339(until))
+                windows[source.source_id] = reconcile_window(source, begin, finish)
             except ReconcileError as error:
                 if len(sources) == 1:
                     raise

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from decimal import Decimal
 
-from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
+import pandas as pd
+from sqlalchemy import Connection, Engine
 
 from billing_assets.core.ledger import plan_ledger_entries
 from billing_assets.core.pricing import Pricing, nanos_to_amount
@@ -22,11 +22,10 @@ from billing_assets.pipeline.bucket import chunk_for
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.model import Source
 from billing_assets.storage import ledger as ledger_store
-from billing_assets.storage.sql import source_lock
+from billing_assets.storage.sql import in_transaction_retrying_races, source_lock
 
 CHUNK = timedelta(hours=1)
 MAX_CHUNK_BUCKETS = 100_000  # same memory budget as pipeline.bucket
-ATTEMPTS = 3
 
 
 @dataclass
@@ -56,18 +55,15 @@ def charge_slice(
         with engine.connect() as connection:
             stored = ledger_store.count_buckets(connection, source.source_id, work.start, work.end)
         chunk = chunk_for(stored, work, chunk, max_buckets)
+    def plan_and_append(connection: Connection, part: Slice) -> tuple[pd.DataFrame, pd.DataFrame]:
+        source_lock(connection, "ledger", source.source_id)
+        state = ledger_store.load_ledger_state(connection, source.source_id, part.start, part.end)
+        entries = plan_ledger_entries(state, pricing)
+        ledger_store.append_entries(connection, source.source_id, entries, pricing, clock(), run_id)
+        return state, entries
+
     for part in work.chunks(chunk):
-        for attempt in range(1, ATTEMPTS + 1):
-            try:
-                with engine.begin() as connection:
-                    source_lock(connection, "ledger", source.source_id)
-                    state = ledger_store.load_ledger_state(connection, source.source_id, part.start, part.end)
-                    entries = plan_ledger_entries(state, pricing)
-                    ledger_store.append_entries(connection, source.source_id, entries, pricing, clock(), run_id)
-                break
-            except IntegrityError:
-                if attempt == ATTEMPTS:
-                    raise
+        state, entries = in_transaction_retrying_races(engine, lambda connection: plan_and_append(connection, part))
         stats.buckets += len(state)
         if not entries.empty:
             kinds = entries["entry_kind"]

@@ -6,15 +6,14 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import IntegrityError
 
 from billing_assets.core.timeutil import now_utc
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.model import Source
 from billing_assets.storage.samples import DedupStats, dedup_staged
+from billing_assets.storage.sql import in_transaction_retrying_races
 
 DEFAULT_DEDUP_HORIZON = timedelta(days=32)
-ATTEMPTS = 3
 
 
 def dedup_slice(
@@ -29,11 +28,7 @@ def dedup_slice(
     The retry re-reads what is stored, so it inserts only what is still missing.
     """
     now = clock()
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            with engine.begin() as connection:
-                return dedup_staged(connection, source.source_id, work.start - source.overlap, work.end, now, now - horizon)
-        except IntegrityError:
-            if attempt == ATTEMPTS:
-                raise
-    raise AssertionError("unreachable")
+    since = work.start - source.overlap
+    return in_transaction_retrying_races(
+        engine, lambda connection: dedup_staged(connection, source.source_id, since, work.end, now, now - horizon)
+    )

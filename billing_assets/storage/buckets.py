@@ -1,5 +1,9 @@
 """Reading the samples a bucket window needs, and writing only changed buckets.
 
+This is the bucket step's storage on SQLite, around the pure pandas function;
+PostgreSQL computes and writes buckets in one statement instead
+(storage/buckets_in_database.py, which also holds its LATERAL baseline seek).
+
 Buckets are a derived, replaceable view of the samples (keyed by the billing
 fact key), so they are upserted; the ledger, not this table, is the
 append-only history. Writing only rows whose value changed keeps replays
@@ -44,24 +48,6 @@ BASELINES = """
      )
 """
 
-# The same on PostgreSQL, as a LATERAL seek: with the join form its planner
-# (misled by fresh ranges past its statistics) hash-joins the source's whole
-# history, which grows with every day kept.
-BASELINES_LATERAL = """
-    SELECT {columns}
-    FROM (
-        SELECT DISTINCT node_id, env, uuid, inbound_tag FROM usage_samples
-        WHERE source_id = :source_id AND collected_at >= :start AND collected_at < :end
-    ) w
-    CROSS JOIN LATERAL (
-        SELECT * FROM usage_samples p
-        WHERE p.source_id = :source_id AND p.node_id = w.node_id AND p.env = w.env
-          AND p.uuid = w.uuid AND p.inbound_tag = w.inbound_tag AND p.collected_at < :start
-        ORDER BY p.collected_at DESC
-        LIMIT 1
-    ) s
-"""
-
 EXISTING_BUCKETS = """
     SELECT b.node_id, b.env, b.uuid, b.inbound_tag, {bucket_start}, b.email, b.uplink_bytes, b.downlink_bytes, b.sample_count
     FROM usage_minute_buckets b
@@ -74,7 +60,7 @@ _RANGE_PARAMS = {"start": "ts", "end": "ts"}
 
 
 @lru_cache(maxsize=None)
-def _statements(dialect: str, time_sql: str) -> dict:
+def _statements(time_sql: str) -> dict:
     """Statements with each time column read in the dialect's bulk-parsable form."""
     columns = _SAMPLE_SELECT.format(
         **{name: f"s.{name}" for name in SAMPLE_COLUMNS if name != "collected_at"},
@@ -82,13 +68,13 @@ def _statements(dialect: str, time_sql: str) -> dict:
     )
     return {
         "window": typed(WINDOW_SAMPLES.format(columns=columns), _RANGE_PARAMS),
-        "baselines": typed((BASELINES_LATERAL if dialect == "postgresql" else BASELINES).format(columns=columns), _RANGE_PARAMS),
+        "baselines": typed(BASELINES.format(columns=columns), _RANGE_PARAMS),
         "existing": typed(EXISTING_BUCKETS.format(bucket_start=time_sql.format(column="b.bucket_start")), _RANGE_PARAMS),
     }
 
 
 def statements(connection: Connection) -> dict:
-    return _statements(connection.dialect.name, time_select(connection, "{column}"))
+    return _statements(time_select(connection, "{column}"))
 
 
 COUNT_SAMPLES = typed(

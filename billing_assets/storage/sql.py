@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timezone
+from typing import TypeVar
 
 import pandas as pd
-from sqlalchemy import BigInteger, Connection, Integer, String, Text, bindparam, text
+from sqlalchemy import BigInteger, Connection, Engine, Integer, String, Text, bindparam, text
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.dialects import postgresql, sqlite
 
 from billing_assets.storage.types import UTCDateTime
+
+T = TypeVar("T")
 
 TYPES = {"ts": UTCDateTime(), "int": BigInteger(), "str": String(), "text": Text(), "i32": Integer()}
 
@@ -44,6 +48,26 @@ def upsert(connection: Connection, table, rows: list[dict], key: Sequence[str], 
         index_elements=list(key), set_={column: statement.excluded[column] for column in update}
     )
     connection.execute(statement, rows)
+
+
+RACE_ATTEMPTS = 3
+
+
+def in_transaction_retrying_races(engine: Engine, work: Callable[[Connection], T], attempts: int = RACE_ATTEMPTS) -> T:
+    """`work(connection)` in its own transaction, run again from scratch when a
+    unique constraint refused it because a racing writer got there first.
+
+    The retry re-reads what is stored, so it writes only what is still missing:
+    the constraint, not the Python read before it, decides what is written once.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            with engine.begin() as connection:
+                return work(connection)
+        except IntegrityError:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable: attempts must be >= 1")
 
 
 def source_lock(connection: Connection, scope: str, source_id: str) -> None:
