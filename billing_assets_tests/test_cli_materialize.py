@@ -14,6 +14,8 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
+
 from billing_assets.core.timeutil import MINUTE, minute_key
 from billing_assets_tests.support.db import buckets_by_key, ledger_rows, nonzero
 from billing_assets_tests.support.oracle import exporter_samples, expected_buckets, within
@@ -66,3 +68,24 @@ def test_billing_demo_runs_end_to_end(tmp_path, monkeypatch):
     assert "no double charge" in result.stdout
     lines = [line for line in result.stdout.splitlines() if line.startswith("demo-")]
     assert len(lines) == 2 and all(" 3 " in line for line in lines)
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_dotted_source_id_survives_the_cli_partition_range(billing_env, recent_hour):
+    """The registry allows '.' inside an id; the one place it could bite is the
+    '...' split of `--partition-range`, so drive that split for real (2 minutes)."""
+    start = recent_hour
+    billing_env.fleet.start("eu.1", billing_start=start, users=2)
+    billing_env.write_registry()
+    billing_env.sync_partitions()
+    partition_range = f"{minute_key(start)}|eu.1...{minute_key(start + MINUTE)}|eu.1"
+    result = _run(str(BIN / "dagster"), "asset", "materialize", "-m", "billing_assets.definitions",
+                  "--select", "exporter_snapshots,usage_samples", "--partition-range", partition_range)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    (run,) = billing_env.instance().get_run_records()
+    assert run.dagster_run.tags["dagster/asset_partition_range_start"] == f"{minute_key(start)}|eu.1"
+    from billing_assets.storage import checkpoints
+
+    with billing_env.engine.connect() as connection:
+        mark = checkpoints.read_all(connection)["eu.1"]
+    assert mark["last_successful_until"] == start + 2 * MINUTE, "both minutes of the range ran for eu.1"

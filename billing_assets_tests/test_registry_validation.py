@@ -53,6 +53,12 @@ def test_a_complete_entry_is_accepted_with_its_defaults():
 RULES = [
     # (changes, field named in the message, message fragment)
     ({"source_id": "eu|1"}, "source_id", "only letters, digits"),
+    # A range key 'START|id...END|id' is split on '...': these ids would split it wrongly.
+    ({"source_id": ".."}, "source_id", "must not contain '..'"),
+    ({"source_id": "x..."}, "source_id", "must not contain '..'"),
+    ({"source_id": "eu..1"}, "source_id", "is split on '...'"),
+    ({"source_id": "eu-1."}, "source_id", "must not start or end with '.'"),
+    ({"source_id": ".eu-1"}, "source_id", "must not start or end with '.'"),
     ({"node_id": ""}, "node_id", "at least 1 character"),
     ({"env": ""}, "env", "at least 1 character"),
     ({"base_url": "http://10.0.0.7:9080"}, "base_url", "must be https:// (plain http:// needs dev_allow_plain_http"),
@@ -95,6 +101,11 @@ def test_each_rule_names_the_source_and_the_field(changes, field, fragment):
     assert message.startswith(f"sources.yaml: source {name!r}: field {field}: "), message
     assert fragment in message
     assert "hunter2" not in message, "a value that may be a secret must not be echoed"
+
+
+def test_dotted_ids_inside_the_name_stay_valid():
+    registry = parse_registry({"sources": [entry(source_id="eu.1"), entry(source_id="a.b-c_d.e", node_id="node-2")]})
+    assert [source.source_id for source in registry.sources] == ["eu.1", "a.b-c_d.e"]
 
 
 def test_an_entry_without_a_usable_id_is_named_by_position():

@@ -71,6 +71,13 @@ class Source(BaseModel):
     def _source_id(cls, value: str) -> str:
         if not SOURCE_ID.match(value):
             raise ValueError("may hold only letters, digits, '-', '_' and '.' (1-64 characters)")
+        # The id is the source half of a multi-partition key, and a range is written
+        # 'START|src...END|src' and split on '...': a '..' in the id or a '.' at
+        # its end (which joins the separator) makes that split land in the wrong place.
+        if ".." in value:
+            raise ValueError("must not contain '..': a partition range 'START|id...END|id' is split on '...'")
+        if value.startswith(".") or value.endswith("."):
+            raise ValueError("must not start or end with '.': a partition range 'START|id...END|id' is split on '...'")
         return value
 
     @field_validator("collect_interval", "request_timeout", "overlap", "lag_budget", mode="before")
