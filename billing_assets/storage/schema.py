@@ -106,6 +106,31 @@ sample_conflicts = Table(
     Index("ix_sample_conflicts_source_time", "source_id", "collected_at"),
 )
 
+# Deltas held back by the per-source plausibility bound (bytes per second per
+# series): a counter that jumps by more than any link could carry is a broken or
+# hostile exporter, not usage. Rows of the current derivation are replaced with
+# the window's buckets; a released row (operator, with who and why) is billed.
+usage_quarantine = Table(
+    "usage_quarantine",
+    metadata,
+    Column("id", SERIAL, primary_key=True, autoincrement=True),
+    *sample_identity(),
+    Column("held_uplink_bytes", BigInteger, nullable=False),
+    Column("held_downlink_bytes", BigInteger, nullable=False),
+    Column("elapsed_us", BigInteger),
+    Column("bound_bytes", BigInteger, nullable=False),
+    Column("detected_at", UTCDateTime, nullable=False),
+    Column("released_at", UTCDateTime),
+    Column("released_by", Text),
+    Column("release_reason", Text),
+    UniqueConstraint(
+        "source_id", "node_id", "env", "uuid", "inbound_tag", "collected_at",
+        "held_uplink_bytes", "held_downlink_bytes",
+        name="uq_usage_quarantine_hold",
+    ),
+    Index("ix_usage_quarantine_source_time", "source_id", "collected_at"),
+)
+
 usage_minute_buckets = Table(
     "usage_minute_buckets",
     metadata,
