@@ -66,3 +66,57 @@ def test_cli_sync_rejects_a_bad_entry_by_name_and_changes_nothing(billing_env, r
     err = capsys.readouterr().err
     assert "source 'bad-1'" in err and "base_url" in err
     assert billing_env.instance().get_dynamic_partitions(SOURCES_PARTITION) == []
+
+
+def test_a_removed_source_keeps_its_partition_while_a_run_of_it_is_unfinished(billing_env, recent_hour):
+    from billing_assets.defs.ops.run_tags import SOURCE_TAG
+
+    billing_env.fleet.start("a-1", billing_start=recent_hour)
+    billing_env.fleet.start("b-1", billing_start=recent_hour, seed=2)
+    billing_env.write_registry()
+    instance = billing_env.instance()
+    _evaluate(instance, billing_env.sources_file)
+    queued, other = (_submit_queued(instance, {SOURCE_TAG: source}) for source in ("a-1", "b-1"))
+    assert instance.get_run_by_id(queued.run_id).status == dg.DagsterRunStatus.QUEUED
+
+    # a-1 leaves the registry while its run is queued: nothing is deleted, and the tick says why.
+    entries = yaml.safe_load(billing_env.sources_file.read_text())["sources"]
+    billing_env.sources_file.write_text(yaml.safe_dump({"sources": entries[1:]}))
+    skipped = _evaluate(instance, billing_env.sources_file)
+    assert isinstance(skipped, dg.SkipReason), skipped
+    assert "a-1" in skipped.skip_message and "still queued or running" in skipped.skip_message
+    assert sorted(instance.get_dynamic_partitions(SOURCES_PARTITION)) == ["a-1", "b-1"]
+
+    # Still held while running; another source's change goes through meanwhile.
+    instance.handle_run_event(queued.run_id, _event(queued, "RUN_START"))
+    assert instance.get_run_by_id(queued.run_id).status == dg.DagsterRunStatus.STARTED
+    billing_env.fleet.start("c-1", billing_start=recent_hour, seed=3)
+    billing_env.sources_file.write_text(yaml.safe_dump({"sources": entries[1:] + [billing_env.fleet.exporters["c-1"].entry]}))
+    assert isinstance(_evaluate(instance, billing_env.sources_file), dg.SensorResult)
+    assert sorted(instance.get_dynamic_partitions(SOURCES_PARTITION)) == ["a-1", "b-1", "c-1"]
+
+    # The run ends (another source's unfinished run does not matter): the next tick deletes a-1.
+    instance.report_run_canceled(instance.get_run_by_id(queued.run_id))
+    assert instance.get_run_by_id(other.run_id).status == dg.DagsterRunStatus.QUEUED
+    assert isinstance(_evaluate(instance, billing_env.sources_file), dg.SensorResult)
+    assert sorted(instance.get_dynamic_partitions(SOURCES_PARTITION)) == ["b-1", "c-1"]
+
+
+def _event(run, event_type: str) -> dg.DagsterEvent:
+    return dg.DagsterEvent(event_type_value=getattr(dg.DagsterEventType, event_type).value, job_name=run.job_name)
+
+
+def _submit_queued(instance, tags) -> dg.DagsterRun:
+    """A run submitted through the instance's queued run coordinator, as the daemon
+    or the UI would; no queue daemon runs here, so it stays QUEUED."""
+    from billing_assets.definitions import defs
+    from billing_assets_tests.support.daemons import in_process_workspace
+
+    job = defs.resolve_implicit_global_asset_job_def()
+    with in_process_workspace(instance) as workspace:
+        request = workspace.create_request_context()
+        remote_job = request.get_code_location("billing_assets").get_repository("__repository__").get_full_job(job.name)
+        run = instance.create_run_for_job(
+            job, tags=tags, remote_job_origin=remote_job.get_remote_origin(), job_code_origin=remote_job.get_python_origin()
+        )
+        return instance.submit_run(run.run_id, request)

@@ -23,6 +23,8 @@ def _sources_sync(args) -> int:
         return 0
     changes = sync_instance(dg.DagsterInstance.get(), registry)
     print(f"exporter_sources: added {list(changes.add)}, removed {list(changes.remove)}; {len(registry.sources)} registered")
+    if changes.held:
+        print(f"exporter_sources: kept {list(changes.held)} (removed from the registry) until their queued or running runs end; sync again then")
     return 0
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
+from billing_assets.defs.ops.run_tags import has_unfinished_run
 from billing_assets.defs.partitions import SOURCES_PARTITION
 from billing_assets.registry.model import Registry
 
@@ -18,6 +19,8 @@ from billing_assets.registry.model import Registry
 class PartitionChanges:
     add: tuple[str, ...]
     remove: tuple[str, ...]
+    # Removed from the registry but kept this time: a run of the source is unfinished.
+    held: tuple[str, ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -34,6 +37,19 @@ def desired_partitions(registry: Registry) -> list[str]:
     return [source.source_id for source in registry.sources]
 
 
+def hold_back_busy(instance: dg.DagsterInstance, changes: PartitionChanges) -> PartitionChanges:
+    """Keep, for now, the partition of a removed source that still has a queued or running run.
+
+    Deleting it under that run makes the run's partition keys unknown (its steps
+    fail mid-range, the UI loses the run's partitions); once the run finishes,
+    the next sync or sensor tick deletes it. One run lookup per removed source.
+    """
+    busy = tuple(key for key in changes.remove if has_unfinished_run(instance, key))
+    if not busy:
+        return changes
+    return PartitionChanges(changes.add, tuple(key for key in changes.remove if key not in busy), busy)
+
+
 def apply_changes(instance: dg.DagsterInstance, changes: PartitionChanges) -> None:
     if changes.add:
         instance.add_dynamic_partitions(SOURCES_PARTITION, list(changes.add))
@@ -43,6 +59,6 @@ def apply_changes(instance: dg.DagsterInstance, changes: PartitionChanges) -> No
 
 def sync_instance(instance: dg.DagsterInstance, registry: Registry) -> PartitionChanges:
     current = instance.get_dynamic_partitions(SOURCES_PARTITION)
-    changes = partition_changes(current, desired_partitions(registry))
+    changes = hold_back_busy(instance, partition_changes(current, desired_partitions(registry)))
     apply_changes(instance, changes)
     return changes
