@@ -65,6 +65,9 @@ class Source(BaseModel):
     overlap: timedelta = timedelta(seconds=60)
     lag_budget: timedelta = timedelta(minutes=10)
     page_limit: int = Field(default=100, ge=1, le=1000)
+    # Decoded bytes of one response: gzip makes the wire size meaningless, and a
+    # page is held whole for validation, so this bounds memory per source.
+    max_page_bytes: int = Field(default=64 * 2**20, gt=0, le=2**30)
 
     @field_validator("source_id")
     @classmethod
