@@ -1,7 +1,9 @@
 """`billing status`: per-source health for operators (table) and machines (--json).
 
 Exit code 1 when an enabled source is over its lag budget, so a cron job or a
-probe can alert on it; 2 when the registry cannot be read. Errors printed are
+probe can alert on it; 2 when the registry or the billing database cannot be
+read (missing, or its schema missing or behind). Status only reads: it runs on
+a read-only database, directory or replica and never migrates. Errors printed are
 the checkpoint's messages, which never contain a credential.
 """
 
@@ -51,6 +53,7 @@ def run_status(as_json: bool = False) -> int:
     from billing_assets.defs.partitions import minute_partitions
     from billing_assets.defs.resources import BillingStore
     from billing_assets.registry.model import RegistryError
+    from billing_assets.storage.engine import SchemaNotReady
 
     store = BillingStore()
     try:
@@ -59,7 +62,11 @@ def run_status(as_json: bool = False) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     now = clock.now()
-    reports = source_health(store.read_engine(), registry, now, CollectSettings.from_env().lag, minute_partitions.start)
+    try:
+        reports = source_health(store.read_engine(), registry, now, CollectSettings.from_env().lag, minute_partitions.start)
+    except SchemaNotReady as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
     late = [r.source_id for r in reports if r.over_budget]
     if as_json:
         print(json.dumps({"now": format_rfc3339(now), "over_budget": late, "sources": [r.as_dict() for r in reports]}, indent=2))

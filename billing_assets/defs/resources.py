@@ -16,7 +16,7 @@ from billing_assets.core.timeutil import parse_duration
 from billing_assets.registry.legacy import legacy_source_from_env
 from billing_assets.registry.model import Registry, load_registry
 from billing_assets.registry.pricing_file import load_pricing
-from billing_assets.storage.engine import database_url, get_engine, migrate, read_only
+from billing_assets.storage.engine import database_url, get_engine, get_read_engine, migrate, require_schema
 
 DEFAULT_SOURCES_FILE = "sources.yaml"
 
@@ -36,9 +36,17 @@ class BillingStore(dg.ConfigurableResource):
     def engine(self) -> Engine:
         return migrate(get_engine(self.database_url or database_url()))
 
-    def read_engine(self) -> Engine:
-        """For checks, status and sensors: reads that must not wait for a writer."""
-        return read_only(self.engine())
+    def read_engine(self, *, require_head: bool = True) -> Engine:
+        """For checks, status and sensors: an engine that cannot write or migrate.
+
+        Those run where the database may be read-only (a replica, a SELECT-only
+        role, a read-only SQLite directory) and must never wait for a writer's
+        lock. A schema that is missing or behind this code raises
+        `SchemaNotReady` (a clear message) instead of failing later on a table;
+        `require_head=False` skips that check for a caller that copes itself.
+        """
+        url = self.database_url or database_url()
+        return require_schema(url) if require_head else get_read_engine(url)
 
     def registry(self) -> Registry:
         """The registry file; without one, the `EXPORTER_*` legacy source if `EXPORTER_BASE_URL` is set."""

@@ -62,6 +62,7 @@ def _completeness(reports: list[SourceHealth]) -> dg.AssetCheckResult:
 )
 def source_health(billing: BillingStore) -> dg.MaterializeResult:
     """Per-source collection health: lag, last error, missing windows, conflicts."""
+    billing.engine()  # a run may migrate (an outage can mean no billing run created the schema yet)
     reports = [
         report
         for report in source_health_reports(

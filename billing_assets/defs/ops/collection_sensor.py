@@ -24,8 +24,29 @@ from billing_assets.defs.partitions import SOURCES_PARTITION, minute_partitions
 from billing_assets.defs.resources import BillingStore
 from billing_assets.registry.model import RegistryError
 from billing_assets.storage import checkpoints
+from billing_assets.storage.engine import SchemaNotReady, schema_revision
 
 COLLECTED_MODES = ("window", "dual")
+
+
+def _checkpoints(billing: BillingStore) -> dict[str, dict]:
+    """Every source's checkpoint, read without migrating (the sensor only reads).
+
+    A database not created yet has no checkpoints: collection starts from
+    `billing_start` and the first run migrates. A schema behind this code still
+    has the checkpoint table (unchanged since 0001), so collection goes on and
+    its next run migrates, rather than waiting for an operator.
+    """
+    try:
+        engine = billing.read_engine(require_head=False)
+        with engine.connect() as connection:
+            if schema_revision(connection) is None:
+                return {}
+            return checkpoints.read_all(connection)
+    except SchemaNotReady as error:
+        if error.current is None:
+            return {}
+        raise
 
 
 def range_request(source_id: str, start, end, trigger: str) -> dg.RunRequest:
@@ -53,8 +74,7 @@ def collection_sensor(context: dg.SensorEvaluationContext, billing: BillingStore
     settings = CollectSettings.from_env()
     now = clock.now()
     registered = set(context.instance.get_dynamic_partitions(SOURCES_PARTITION))
-    with billing.read_engine().connect() as connection:
-        marks = checkpoints.read_all(connection)
+    marks = _checkpoints(billing)
     requested = load_cursor(context.cursor)
     requests, notes = [], []
     for source in registry.enabled:
