@@ -17,10 +17,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from billing_assets.core.buckets import BUCKET_COLUMNS, SAMPLE_COLUMNS, compute_minute_buckets
+from billing_assets.core.buckets import BUCKET_COLUMNS, RELEASED_COLUMNS, SAMPLE_COLUMNS, derive_minute_usage
+from billing_assets.core.plausibility import DEFAULT_MAX_BYTES_PER_SECOND
 from billing_assets.storage.buckets_in_database import recompute_buckets
 from billing_assets.storage.engine import get_engine, migrate
-from billing_assets.storage.schema import usage_minute_buckets, usage_samples
+from billing_assets.storage.schema import usage_minute_buckets, usage_quarantine, usage_samples
 from billing_assets_tests.support.histories import counter_histories
 
 pytestmark = pytest.mark.postgres
@@ -52,14 +53,22 @@ def frame(rows) -> pd.DataFrame:
     return data
 
 
-def pure_answer(rows, start, end, billing_start) -> pd.DataFrame:
+def pure_answer(rows, start, end, billing_start, rate=None, released=None):
     inside = [r for r in rows if start <= r[4] < end]
     series_inside = {r[:4] for r in inside}
     last_before: dict[tuple, tuple] = {}
     for row in sorted(rows, key=lambda r: r[4]):
         if row[4] < start and row[:4] in series_inside:
             last_before[row[:4]] = row
-    return compute_minute_buckets(frame(inside), frame(list(last_before.values())), billing_start)
+    return derive_minute_usage(frame(inside), frame(list(last_before.values())), billing_start, rate, released)
+
+
+def hold_keys(held) -> set:
+    return {
+        (r["node_id"], r["env"], r["uuid"], r["inbound_tag"], pd.Timestamp(r["collected_at"]).to_pydatetime(),
+         int(r["held_uplink_bytes"]), int(r["held_downlink_bytes"]))
+        for r in held
+    }
 
 
 def as_dict(buckets) -> dict:
@@ -78,12 +87,21 @@ def as_dict(buckets) -> dict:
     st.integers(1, 6),
     st.integers(-60, 7 * 60),
     st.lists(st.tuples(st.integers(0, 50), st.booleans()), max_size=6),
+    st.sampled_from([10**6, 10**9, 10**10, DEFAULT_MAX_BYTES_PER_SECOND]),
+    st.lists(st.booleans(), max_size=8),
 )
-def test_database_buckets_equal_the_pure_function(pg_engine, rows, first_minute, minutes, billing_offset_s, stored):
+def test_database_buckets_equal_the_pure_function(
+    pg_engine, rows, first_minute, minutes, billing_offset_s, stored, rate, releases
+):
+    """Buckets, figures, rewrites and plausibility holds (with some released) agree exactly."""
     start = T0 + timedelta(minutes=first_minute)
     end = start + timedelta(minutes=minutes)
     billing_start = T0 + timedelta(seconds=billing_offset_s)
-    expected = as_dict(pure_answer(rows, start, end, billing_start)[BUCKET_COLUMNS].to_dict("records"))
+    unreleased = pure_answer(rows, start, end, billing_start, rate).held
+    released = unreleased.loc[[i < len(releases) and releases[i] for i in range(len(unreleased))]]
+    usage = pure_answer(rows, start, end, billing_start, rate, released[RELEASED_COLUMNS])
+    expected = as_dict(usage.buckets[BUCKET_COLUMNS].to_dict("records"))
+    expected_holds = hold_keys(usage.held.to_dict("records"))
 
     with pg_engine.connect() as connection, connection.begin() as transaction:
         connection.execute(usage_samples.insert(), [
@@ -105,15 +123,26 @@ def test_database_buckets_equal_the_pure_function(pg_engine, rows, first_minute,
                 for key, v in prior.items()
             ])  # fmt: skip
 
-        done = recompute_buckets(connection, "src", start, end, billing_start, NOW)
+        if not released.empty:
+            connection.execute(usage_quarantine.insert(), [
+                dict(r, source_id="src", collected_at=pd.Timestamp(r["collected_at"]).to_pydatetime(),
+                     elapsed_us=None if pd.isna(r["elapsed_us"]) else int(r["elapsed_us"]),
+                     detected_at=T0, released_at=T0, released_by="test")
+                for r in released.to_dict("records")
+            ])  # fmt: skip
+
+        done = recompute_buckets(connection, "src", start, end, billing_start, NOW, rate)
         got = as_dict(connection.execute(select(usage_minute_buckets)).mappings())
         assert got == expected
+        held_rows = connection.execute(select(usage_quarantine).where(usage_quarantine.c.released_at.is_(None))).mappings()
+        assert hold_keys(held_rows) == expected_holds
+        assert done.held == len(expected_holds)
         assert done.buckets == len(expected)
         assert done.samples == sum(v[3] for v in expected.values())
         assert (done.uplink_bytes, done.downlink_bytes) == (
             sum(v[1] for v in expected.values()), sum(v[2] for v in expected.values())
         )
         assert done.rows_written == sum(1 for key in expected if prior.get(key) != expected[key])
-        again = recompute_buckets(connection, "src", start, end, billing_start, NOW)
-        assert again.rows_written == 0, "a replay rewrites nothing"
+        again = recompute_buckets(connection, "src", start, end, billing_start, NOW, rate)
+        assert again.rows_written == 0 and again.holds_changed == 0, "a replay rewrites nothing"
         transaction.rollback()

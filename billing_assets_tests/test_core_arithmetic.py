@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from billing_assets.core.buckets import BUCKET_KEY, SAMPLE_COLUMNS, compute_minute_buckets
+from billing_assets.core.plausibility import DEFAULT_MAX_BYTES_PER_SECOND
 from billing_assets.core.counters import counter_delta, counter_deltas
 from billing_assets.core.ledger import LEDGER_STATE_COLUMNS, plan_ledger_entries
 from billing_assets.core.pricing import DEFAULT_PRICING, Plan
@@ -59,9 +60,13 @@ def as_frame(rows) -> pd.DataFrame:
 
 
 @settings(max_examples=200, deadline=None)
-@given(sample_sets(), st.integers(0, 5), st.integers(1, 6), st.integers(-60, 7 * 60))
-def test_window_buckets_equal_the_batch_answer(rows, first_minute, minutes, billing_offset_s):
-    """A window's buckets from its samples plus one baseline per series equal the whole-history answer."""
+@given(
+    sample_sets(), st.integers(0, 5), st.integers(1, 6), st.integers(-60, 7 * 60),
+    st.sampled_from([10**6, 10**8, 10**10, DEFAULT_MAX_BYTES_PER_SECOND]),
+)
+def test_window_buckets_equal_the_batch_answer(rows, first_minute, minutes, billing_offset_s, rate):
+    """A window's buckets from its samples plus one baseline per series equal the whole-history answer,
+    with implausible deltas (over rate x elapsed) held out of them."""
     start = T0 + timedelta(minutes=first_minute)
     end = start + timedelta(minutes=minutes)
     billing_start = T0 + timedelta(seconds=billing_offset_s)
@@ -72,8 +77,8 @@ def test_window_buckets_equal_the_batch_answer(rows, first_minute, minutes, bill
             last_before[row[:4]] = row
     baselines = [row for key, row in last_before.items() if any(r[:4] == key for r in inside)]
 
-    got = compute_minute_buckets(as_frame(inside), as_frame(baselines), billing_start)
-    expected = {k: v for k, v in expected_buckets(rows, billing_start).items() if start <= k[4] < end}
+    got = compute_minute_buckets(as_frame(inside), as_frame(baselines), billing_start, max_bytes_per_second=rate)
+    expected = {k: v for k, v in expected_buckets(rows, billing_start, rate).items() if start <= k[4] < end}
     counts = expected_sample_counts(inside)
     as_dict = {
         tuple(r[c] for c in BUCKET_KEY[:4]) + (r["bucket_start"].to_pydatetime(),): (int(r["uplink_bytes"]), int(r["downlink_bytes"]))

@@ -19,11 +19,12 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, Engine
 
-from billing_assets.core.buckets import compute_minute_buckets
+from billing_assets.core.buckets import derive_minute_usage
 from billing_assets.core.timeutil import MINUTE, now_utc
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.model import Source
 from billing_assets.storage import buckets as bucket_store
+from billing_assets.storage import quarantine
 from billing_assets.storage.buckets_in_database import Recomputed, recompute_buckets
 from billing_assets.storage.sql import is_postgres, source_lock
 
@@ -46,6 +47,7 @@ class BucketStats:
     rows_written: int = 0
     uplink_bytes: int = 0
     downlink_bytes: int = 0
+    held: int = 0  # sample deltas above the plausibility bound, in usage_quarantine
 
 
 def bucket_slice(
@@ -65,7 +67,10 @@ def bucket_slice(
         with engine.begin() as connection:
             source_lock(connection, "buckets", source.source_id)
             if is_postgres(connection):
-                done = recompute_buckets(connection, source.source_id, part.start, part.end, source.billing_start, clock())
+                done = recompute_buckets(
+                    connection, source.source_id, part.start, part.end, source.billing_start, clock(),
+                    source.max_bytes_per_second,
+                )
             else:
                 done = _recompute_in_pandas(connection, source, part, clock())
         stats.samples += done.samples
@@ -73,13 +78,17 @@ def bucket_slice(
         stats.rows_written += done.rows_written
         stats.uplink_bytes += done.uplink_bytes
         stats.downlink_bytes += done.downlink_bytes
+        stats.held += done.held
     return stats
 
 
 def _recompute_in_pandas(connection: Connection, source: Source, part: Slice, now: datetime) -> Recomputed:
     """SQLite (the embedded default): the pure `compute_minute_buckets` on the window's rows."""
     samples, baselines = bucket_store.load_window(connection, source.source_id, part.start, part.end)
-    computed = compute_minute_buckets(samples, baselines, source.billing_start)
+    released = quarantine.load_released(connection, source.source_id, part.start, part.end)
+    usage = derive_minute_usage(samples, baselines, source.billing_start, source.max_bytes_per_second, released)
+    holds_changed = quarantine.replace_holds(connection, source.source_id, part.start, part.end, usage.held, now)
+    computed = usage.buckets
     changed = bucket_store.changed_buckets(connection, source.source_id, part.start, part.end, computed)
     written = bucket_store.write_buckets(connection, source.source_id, changed, now)
     return Recomputed(
@@ -88,4 +97,6 @@ def _recompute_in_pandas(connection: Connection, source: Source, part: Slice, no
         uplink_bytes=int(computed["uplink_bytes"].sum()) if not computed.empty else 0,
         downlink_bytes=int(computed["downlink_bytes"].sum()) if not computed.empty else 0,
         rows_written=written,
+        held=len(usage.held),
+        holds_changed=holds_changed,
     )

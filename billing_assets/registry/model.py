@@ -17,6 +17,7 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from billing_assets.core.plausibility import DEFAULT_MAX_BYTES_PER_SECOND, MAX_BYTES_PER_SECOND_LIMIT
 from billing_assets.core.timeutil import parse_duration, utc
 
 SOURCE_ID = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
@@ -64,6 +65,9 @@ class Source(BaseModel):
     billing_start: datetime
     overlap: timedelta = timedelta(seconds=60)
     lag_budget: timedelta = timedelta(minutes=10)
+    # Plausibility bound per series and direction (core/plausibility.py): a delta
+    # above rate x elapsed is held in usage_quarantine, not billed.
+    max_bytes_per_second: int = Field(default=DEFAULT_MAX_BYTES_PER_SECOND, ge=1, le=MAX_BYTES_PER_SECOND_LIMIT)
     page_limit: int = Field(default=100, ge=1, le=1000)
     # Decoded bytes of one response: gzip makes the wire size meaningless, and a
     # page is held whole for validation, so this bounds memory per source.

@@ -21,6 +21,7 @@ from datetime import datetime
 
 from sqlalchemy import Connection
 
+from billing_assets.core.plausibility import DEFAULT_MAX_BYTES_PER_SECOND, FIRST_SAMPLE_SPAN_US
 from billing_assets.storage.sql import typed
 
 _SERIES = "node_id, env, uuid, inbound_tag"
@@ -62,6 +63,7 @@ RECOMPUTE_BUCKETS = typed(
                date_trunc('minute', r.collected_at, 'UTC') AS bucket_start,
                LAG(r.up) OVER series AS prev_up,
                LAG(r.down) OVER series AS prev_down,
+               LAG(r.collected_at) OVER series AS prev_at,
                -- the minute's last sample carries its email (pandas' groupby "last"), found
                -- from the same window instead of an ordered aggregate per bucket
                date_trunc('minute', LEAD(r.collected_at) OVER series, 'UTC')
@@ -69,16 +71,66 @@ RECOMPUTE_BUCKETS = typed(
         FROM (SELECT * FROM win UNION ALL SELECT * FROM base) r
         WINDOW series AS (PARTITION BY {_SERIES} ORDER BY r.collected_at)
     ),
-    computed AS (
-        SELECT o.node_id, o.env, o.uuid, o.inbound_tag,
-               o.bucket_start,
-               MAX(CASE WHEN o.last_in_minute THEN o.email END) AS email,
-               CAST(SUM({_DELTA.format(d="up")}) AS BIGINT) AS uplink_bytes,
-               CAST(SUM({_DELTA.format(d="down")}) AS BIGINT) AS downlink_bytes,
-               CAST(COUNT(*) AS INTEGER) AS sample_count
+    deltas AS (
+        SELECT o.node_id, o.env, o.uuid, o.inbound_tag, o.collected_at, o.bucket_start, o.email, o.last_in_minute,
+               {_DELTA.format(d="up")} AS d_up,
+               {_DELTA.format(d="down")} AS d_down,
+               CAST(EXTRACT(EPOCH FROM o.collected_at - o.prev_at) * 1000000 AS BIGINT) AS elapsed_us
         FROM ordered o
         WHERE NOT o.baseline
-        GROUP BY o.node_id, o.env, o.uuid, o.inbound_tag, o.bucket_start
+    ),
+    judged AS (
+        -- Plausibility bound (core.plausibility): floor(rate x elapsed), exact numeric.
+        SELECT d.*, b.bound,
+               CASE WHEN d.d_up > b.bound THEN d.d_up ELSE 0 END AS held_up,
+               CASE WHEN d.d_down > b.bound THEN d.d_down ELSE 0 END AS held_down
+        FROM deltas d
+        CROSS JOIN LATERAL (
+            SELECT CAST(FLOOR(CAST(COALESCE(d.elapsed_us, :first_span_us) AS NUMERIC) * :rate / 1000000) AS BIGINT) AS bound
+        ) b
+    ),
+    final AS (
+        SELECT j.*,
+               (j.held_up > 0 OR j.held_down > 0) AND NOT EXISTS (
+                   SELECT 1 FROM usage_quarantine q
+                   WHERE q.source_id = :source_id AND q.node_id = j.node_id AND q.env = j.env AND q.uuid = j.uuid
+                     AND q.inbound_tag = j.inbound_tag AND q.collected_at = j.collected_at
+                     AND q.held_uplink_bytes = j.held_up AND q.held_downlink_bytes = j.held_down
+                     AND q.released_at IS NOT NULL
+               ) AS held
+        FROM judged j
+    ),
+    computed AS (
+        SELECT f.node_id, f.env, f.uuid, f.inbound_tag,
+               f.bucket_start,
+               MAX(CASE WHEN f.last_in_minute THEN f.email END) AS email,
+               CAST(SUM(CASE WHEN f.held THEN f.d_up - f.held_up ELSE f.d_up END) AS BIGINT) AS uplink_bytes,
+               CAST(SUM(CASE WHEN f.held THEN f.d_down - f.held_down ELSE f.d_down END) AS BIGINT) AS downlink_bytes,
+               CAST(COUNT(*) AS INTEGER) AS sample_count
+        FROM final f
+        GROUP BY f.node_id, f.env, f.uuid, f.inbound_tag, f.bucket_start
+    ),
+    holds AS (
+        SELECT * FROM final WHERE held
+    ),
+    cleared AS (
+        -- Holds are derived like buckets: those this derivation no longer makes go (released ones stay).
+        DELETE FROM usage_quarantine q
+        WHERE q.source_id = :source_id AND q.collected_at >= :start AND q.collected_at < :end AND q.released_at IS NULL
+          AND NOT EXISTS (
+              SELECT 1 FROM holds h
+              WHERE h.node_id = q.node_id AND h.env = q.env AND h.uuid = q.uuid AND h.inbound_tag = q.inbound_tag
+                AND h.collected_at = q.collected_at AND h.held_up = q.held_uplink_bytes AND h.held_down = q.held_downlink_bytes
+          )
+        RETURNING 1
+    ),
+    quarantined AS (
+        INSERT INTO usage_quarantine
+            (source_id, {_SERIES}, collected_at, held_uplink_bytes, held_downlink_bytes, elapsed_us, bound_bytes, detected_at)
+        SELECT :source_id, {_SERIES}, collected_at, held_up, held_down, elapsed_us, bound, :now
+        FROM holds
+        ON CONFLICT ON CONSTRAINT uq_usage_quarantine_hold DO NOTHING
+        RETURNING 1
     ),
     written AS (
         INSERT INTO usage_minute_buckets AS b
@@ -94,10 +146,11 @@ RECOMPUTE_BUCKETS = typed(
         RETURNING 1
     )
     SELECT COUNT(*), COALESCE(SUM(sample_count), 0), COALESCE(SUM(uplink_bytes), 0),
-           COALESCE(SUM(downlink_bytes), 0), (SELECT COUNT(*) FROM written)
+           COALESCE(SUM(downlink_bytes), 0), (SELECT COUNT(*) FROM written),
+           (SELECT COUNT(*) FROM holds), (SELECT COUNT(*) FROM cleared) + (SELECT COUNT(*) FROM quarantined)
     FROM computed
     """,
-    {"start": "ts", "end": "ts", "billing_start": "ts", "now": "ts"},
+    {"start": "ts", "end": "ts", "billing_start": "ts", "now": "ts", "rate": "int", "first_span_us": "int"},
 )
 
 
@@ -108,12 +161,23 @@ class Recomputed:
     uplink_bytes: int
     downlink_bytes: int
     rows_written: int
+    held: int = 0
+    holds_changed: int = 0
 
 
 def recompute_buckets(
-    connection: Connection, source_id: str, start: datetime, end: datetime, billing_start: datetime, now: datetime
+    connection: Connection,
+    source_id: str,
+    start: datetime,
+    end: datetime,
+    billing_start: datetime,
+    now: datetime,
+    max_bytes_per_second: int = DEFAULT_MAX_BYTES_PER_SECOND,
 ) -> Recomputed:
-    """Recompute [start, end) of one source's buckets and write the changed ones (PostgreSQL only)."""
-    params = {"source_id": source_id, "start": start, "end": end, "billing_start": billing_start, "now": now}
+    """Recompute [start, end) of one source's buckets and holds, writing the changed ones (PostgreSQL only)."""
+    params = {
+        "source_id": source_id, "start": start, "end": end, "billing_start": billing_start, "now": now,
+        "rate": max_bytes_per_second, "first_span_us": FIRST_SAMPLE_SPAN_US,
+    }
     row = connection.execute(RECOMPUTE_BUCKETS, params).one()
     return Recomputed(*(int(value) for value in row))

@@ -14,6 +14,10 @@ The rules, as DESIGN.md states them:
   holding its collected_at.
 A bucket row exists for every minute that holds a sample of the series (the
 pipeline keeps a row, with zero usage, for idle and baseline-only minutes too).
+
+Plausibility (issue 11, the registry's `max_bytes_per_second`, default 100
+Gbit/s): a direction's delta larger than rate x the time since the series'
+previous sample (32 days for its first sample) is held, i.e. counts 0.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from datetime import datetime, timedelta
 from fractions import Fraction
 
 GIB = 2**30
+MAX_BYTES_PER_SECOND = 12_500_000_000
+FIRST_SAMPLE_SPAN = timedelta(days=32)
 
 
 def first_deliveries(samples) -> dict[tuple, tuple[int, int]]:
@@ -52,7 +58,13 @@ def _delta(previous: int | None, total: int) -> int:
     return total - previous
 
 
-def expected_buckets(samples, billing_start: datetime) -> dict[tuple, tuple[int, int]]:
+def _plausible(delta: int, since: timedelta, rate: int) -> int:
+    """delta, or 0 when it is over rate x since (exact: microseconds as a Fraction)."""
+    bound = int(Fraction(since // timedelta(microseconds=1), 10**6) * rate)
+    return 0 if delta > bound else delta
+
+
+def expected_buckets(samples, billing_start: datetime, rate: int = MAX_BYTES_PER_SECOND) -> dict[tuple, tuple[int, int]]:
     """{(node_id, env, uuid, inbound_tag, bucket_start): (uplink_bytes, downlink_bytes)}.
 
     One entry per minute holding at least one sample; minutes whose samples
@@ -62,11 +74,13 @@ def expected_buckets(samples, billing_start: datetime) -> dict[tuple, tuple[int,
     buckets: dict[tuple, list[int]] = {}
     for key, points in _series(samples).items():
         previous: tuple[int, int] | None = None
+        previous_at: datetime | None = None
         for at in sorted(points):
             up, down = points[at]
-            d_up = _delta(previous[0] if previous else None, up)
-            d_down = _delta(previous[1] if previous else None, down)
-            previous = (up, down)
+            since = FIRST_SAMPLE_SPAN if previous_at is None else at - previous_at
+            d_up = _plausible(_delta(previous[0] if previous else None, up), since, rate)
+            d_down = _plausible(_delta(previous[1] if previous else None, down), since, rate)
+            previous, previous_at = (up, down), at
             total = buckets.setdefault((*key, _minute(at)), [0, 0])
             if at >= billing_start:
                 total[0] += d_up

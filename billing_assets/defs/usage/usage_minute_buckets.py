@@ -16,7 +16,7 @@ def usage_minute_buckets(context: dg.AssetExecutionContext, billing: BillingStor
     """
     engine = billing.engine()
     results = run_each_slice(context, billing, lambda source, work: bucket_slice(engine, source, work))
-    totals = summed(results, "samples", "buckets", "rows_written", "uplink_bytes", "downlink_bytes")
+    totals = summed(results, "samples", "buckets", "rows_written", "uplink_bytes", "downlink_bytes", "held")
     return dg.MaterializeResult(
         metadata={**window_metadata([w for w, _ in results]), **totals, "dagster/row_count": totals["buckets"]}
     )
