@@ -167,7 +167,7 @@ class ExporterClient:
     def _fail(self, reason: str, retryable: bool = False) -> SourceFetchError:
         return SourceFetchError(self.source.source_id, reason, retryable=retryable)
 
-    def _get(self, path: str, params: dict[str, str], where: str) -> bytearray:
+    def _get(self, path: str, params: dict[str, str], where: str = "response") -> bytearray:
         waited = 0.0
         for attempt in range(1, self.retry.attempts + 1):
             outcome = self._attempt(path, params, where)
