@@ -16,6 +16,7 @@ from billing_assets.core.timeutil import floor_minute, now_utc
 from billing_assets.storage.engine import get_engine, migrate, reset_caches
 from billing_assets_tests.support.exporters import ExporterFleet
 from billing_assets_tests.support.pg import pg_binaries_available, start_postgres
+from billing_assets_tests.support.scripted_exporter import start_scripted_upstream
 
 os.environ.setdefault("DAGSTER_TELEMETRY_DISABLED", "1")
 
@@ -84,6 +85,16 @@ def billing_env(tmp_path, monkeypatch, database_url) -> BillingEnv:
     yield env
     fleet.stop_all()
     reset_caches()
+
+
+@pytest.fixture(scope="module")
+def upstream(tmp_path_factory):
+    """One scripted HTTPS exporter per test module; each test installs its own script (own source and node)."""
+    with pytest.MonkeyPatch.context() as patch:
+        running = start_scripted_upstream(tmp_path_factory.mktemp("scripted"))
+        patch.setenv(running.token_variable, running.token)
+        yield running
+        running.stop()
 
 
 @pytest.fixture

@@ -41,7 +41,7 @@ from billing_assets.storage.engine import get_engine, migrate, reset_caches
 from billing_assets.storage.schema import billing_ledger
 from billing_assets_tests.support.db import buckets_by_key, ledger_rows
 from billing_assets_tests.support.oracle import expected_buckets, ledger_problems, within
-from billing_assets_tests.support.scripted_exporter import Script, ScriptedItem, ScriptedSample, start_scripted_upstream
+from billing_assets_tests.support.scripted_exporter import Script, ScriptedItem, ScriptedSample
 
 pytestmark = pytest.mark.postgres
 
@@ -142,15 +142,6 @@ def wait_until(condition, what: str, explain=lambda: "") -> None:
 
 
 # -- fixtures -----------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        running = start_scripted_upstream(tmp_path_factory.mktemp("scripted"))
-        patch.setenv(running.token_variable, running.token)
-        yield running
-        running.stop()
 
 
 @pytest.fixture

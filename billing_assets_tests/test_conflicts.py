@@ -11,54 +11,25 @@ from __future__ import annotations
 from datetime import timedelta
 
 import dagster as dg
-import pytest
-import yaml
 from sqlalchemy import select
 
 from billing_assets.cli.runs import materialize_range, range_tags
 from billing_assets.core.pricing import DEFAULT_PRICING
 from billing_assets.definitions import defs
 from billing_assets.defs.ledger.checks import ledger_matches_buckets
-from billing_assets.defs.partitions import SOURCES_PARTITION
 from billing_assets.pipeline.bucket import bucket_slice
 from billing_assets.pipeline.charge import charge_slice
 from billing_assets.pipeline.dedup import dedup_slice
 from billing_assets.pipeline.fetch import fetch_slice
 from billing_assets.pipeline.slices import Slice
-from billing_assets.registry.model import Source
 from billing_assets.storage.samples import CONFLICT_REASON
 from billing_assets.storage.schema import sample_conflicts, usage_samples
 from billing_assets.transport.client import RetryPolicy
 from billing_assets_tests.support.db import buckets_by_key, ledger_rows, ledger_sums
-from billing_assets_tests.support.scripted_exporter import Script, ScriptedItem, ScriptedSample, start_scripted_upstream
+from billing_assets_tests.support.outcomes import check_results, serve
+from billing_assets_tests.support.scripted_exporter import Script, ScriptedItem, ScriptedSample
 
 MINUTE = timedelta(minutes=1)
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        running = start_scripted_upstream(tmp_path_factory.mktemp("scripted"))
-        patch.setenv(running.token_variable, running.token)
-        yield running
-        running.stop()
-
-
-def serve(billing_env, upstream, script: Script, billing_start) -> Source:
-    """Install the script, register its source for Dagster runs, return the Source."""
-    upstream.server.install(script)
-    entry = upstream.registry_entry(script, billing_start)
-    billing_env.sources_file.write_text(yaml.safe_dump({"sources": [entry]}, sort_keys=False))
-    billing_env.instance().add_dynamic_partitions(SOURCES_PARTITION, [script.source_id])
-    return Source.model_validate(entry)
-
-
-def check_results(result) -> dict[str, dg.AssetCheckEvaluation]:
-    return {
-        event.event_specific_data.asset_check_key.name: event.event_specific_data
-        for event in result.all_events
-        if event.event_type_value == "ASSET_CHECK_EVALUATION"
-    }
 
 
 def two_users(minute, scale: int = 1) -> list[ScriptedItem]:

@@ -49,7 +49,6 @@ from billing_assets_tests.support.scripted_exporter import (
     ScriptedItem,
     ScriptedSample,
     ScriptedUpstream,
-    start_scripted_upstream,
 )
 
 MINUTE = timedelta(minutes=1)
@@ -361,15 +360,6 @@ def check_converged(harness: Harness, history: History, source: Source, plan: li
 
 
 # -- tests ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def upstream(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:
-        running = start_scripted_upstream(tmp_path_factory.mktemp("scripted"))
-        patch.setenv(running.token_variable, running.token)
-        yield running
-        running.stop()
 
 
 def is_postgres(billing_env) -> bool:

@@ -54,6 +54,18 @@ def _reconcile(args) -> int:
     return run_reconcile(args.sources, args.since, args.until, wait=args.wait, all_sources=args.all_sources)
 
 
+def _quarantine_list(args) -> int:
+    from billing_assets.cli.quarantine import run_list
+
+    return run_list(args.source, args.released, args.json)
+
+
+def _quarantine_release(args) -> int:
+    from billing_assets.cli.quarantine import run_release
+
+    return run_release(args.ids, args.by, args.reason)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="billing", description="billing_assets operator commands")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -83,6 +95,23 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--until", required=True, help="RFC3339, exclusive (floored to the minute)")
     reconcile.add_argument("--wait", action="store_true", help="block until the backfill finishes (needs a running daemon)")
     reconcile.set_defaults(handler=_reconcile)
+
+    quarantine = commands.add_parser(
+        "quarantine", help="implausible deltas held out of billing (above a source's max_bytes_per_second)"
+    ).add_subparsers(dest="action", required=True)
+    held = quarantine.add_parser("list", help="held deltas, newest first")
+    held.add_argument("--source", help="only this source_id")
+    held.add_argument("--released", action="store_true", help="list released holds instead")
+    held.add_argument("--json", action="store_true", help="machine-readable output")
+    held.set_defaults(handler=_quarantine_list)
+    release = quarantine.add_parser(
+        "release", help="bill held deltas (all or none); prints the reconcile that bills them",
+        epilog="example: billing quarantine release --id 12 --id 13 --by alice --reason 'link upgrade, confirmed with NOC'",
+    )
+    release.add_argument("--id", type=int, action="append", dest="ids", required=True, help="a hold id; repeat for several")
+    release.add_argument("--by", required=True, help="who decides (recorded)")
+    release.add_argument("--reason", required=True, help="why (recorded)")
+    release.set_defaults(handler=_quarantine_release)
 
     db = commands.add_parser("db", help="billing database").add_subparsers(dest="action", required=True)
     db.add_parser("upgrade", help="apply migrations").set_defaults(handler=_db_upgrade)

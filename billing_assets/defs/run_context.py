@@ -30,7 +30,14 @@ EXPECTED_ERRORS = (SourceFetchError, RegistryError, CredentialError)
 def run_each_slice(
     context: dg.AssetExecutionContext, store: BillingStore, step: Callable[[Source, Slice], Any]
 ) -> list[tuple[Slice, Any]]:
+    """Run `step` over the run's slices; every failure ends up in the source's checkpoint.
+
+    `billing status` and the collection sensor read `last_error`: a failure
+    that is only in the run log (a database refusing a value, a disk full in
+    the bucket step) would leave the source looking healthy.
+    """
     slices = run_slices(context)
+    step_name = context.asset_key.to_user_string()
     try:
         registry = store.registry()
         results = []
@@ -39,12 +46,44 @@ def run_each_slice(
             context.log.info(
                 f"{work.source_id}: [{format_rfc3339(work.start)}, {format_rfc3339(work.end)}) ({work.minutes} min)"
             )
-            results.append((work, step(source, work)))
+            try:
+                results.append((work, step(source, work)))
+            except EXPECTED_ERRORS:
+                raise
+            except Exception as error:
+                reason = f"source {work.source_id!r}: {step_name} failed for {_span(work)}: {describe_unexpected(error)}"
+                _record_failure(store, work.source_id, reason)
+                raise dg.Failure(description=reason) from error
         return results
     except EXPECTED_ERRORS as error:
         if isinstance(error, RegistryError):
             _record_registry_failure(store, slices, error)
+        elif not isinstance(error, SourceFetchError):  # fetch records its own failures, in its own words
+            _record_failure(store, getattr(error, "source_id", None) or slices[0].source_id, str(error))
         raise dg.Failure(description=str(error), allow_retries=False) from None
+
+
+def _span(work: Slice) -> str:
+    return f"[{format_rfc3339(work.start)}, {format_rfc3339(work.end)})"
+
+
+def describe_unexpected(error: BaseException) -> str:
+    """One line for an error nobody planned for: its type and first line, never the SQL or its parameters."""
+    first = (str(error).strip().splitlines() or [""])[0][:300]
+    original = getattr(error, "orig", None)  # SQLAlchemy wraps the driver's error
+    if original is not None:
+        first = (str(original).strip().splitlines() or [""])[0][:300]
+        return f"{type(original).__name__}: {first}"
+    return f"{type(error).__name__}: {first}" if first else type(error).__name__
+
+
+def _record_failure(store: BillingStore, source_id: str, reason: str) -> None:
+    """Best effort: when the database itself is what failed, the run's failure still stands."""
+    try:
+        with store.engine().begin() as connection:
+            checkpoints.record_failure(connection, source_id, reason, now_utc())
+    except Exception:  # noqa: BLE001 - the original failure is what the operator must see
+        pass
 
 
 def _record_registry_failure(store: BillingStore, slices: list[Slice], error: RegistryError) -> None:

@@ -1,16 +1,20 @@
 """Fetch step: every page of a slice (plus overlap) staged in one transaction.
 
-Pages stream: each is validated, written with COPY/executemany and dropped
-before the next is requested, so memory is bounded by page size, not range.
+Pages stream: each is validated, spooled and dropped before the next is
+requested, so memory is bounded by page size, not range.
 
 The overlap before the slice re-reads the tail of the previous window, which
 is how late deliveries there get picked up; dedup makes the re-read free.
 One transaction per slice means a failure on page 7 leaves nothing staged and
-the checkpoint untouched; the failure itself is recorded separately.
+the checkpoint untouched; the failure itself is recorded separately. Pages are
+spooled to a local file while downloading, so that transaction never waits
+on the network.
 """
 
 from __future__ import annotations
 
+import marshal
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -65,6 +69,37 @@ def page_rows(
             seq += 1
 
 
+@dataclass(frozen=True)
+class _SpooledPage:
+    """What `record_page` needs of a page; its rows wait in the spool file."""
+
+    page_no: int
+    item_count: int
+    sample_count: int
+    body_bytes: int
+    emitted_at: datetime
+    received_at: datetime
+    cursor: str | None
+
+
+def _download(
+    client: ExporterClient, source_id: str, since: datetime, until: datetime, spool, stamp, fetched_at, clock
+) -> list[_SpooledPage]:
+    """Every page of the window into `spool` (marshal, one record per page); no database."""
+    pages: list[_SpooledPage] = []
+    samples = 0
+    for fetched in client.iter_window(since, until):
+        page = fetched.page
+        rows = list(page_rows(source_id, page, samples, fetched_at, stamp))
+        marshal.dump(rows, spool)
+        pages.append(
+            _SpooledPage(fetched.page_no, len(page.items), len(rows), fetched.body_bytes, page.emitted_at, clock(), fetched.cursor)
+        )
+        samples += len(rows)
+        del fetched, page, rows  # one page in memory at a time, not two
+    return pages
+
+
 def fetch_slice(
     engine: Engine,
     source: Source,
@@ -73,6 +108,14 @@ def fetch_slice(
     retry: RetryPolicy | None = None,
     clock: Callable[[], datetime] = now_utc,
 ) -> FetchStats:
+    """Download the slice's pages, then stage them and move the checkpoint in one transaction.
+
+    The download writes only to a local spool file: holding a database write
+    transaction while an exporter drips bytes would, on SQLite, lock every
+    other source out for as long as the slowest exporter takes. The spool keeps
+    memory at one page; the transaction afterwards takes as long as the
+    database needs, never as long as the network.
+    """
     if not source.enabled:
         raise SourceFetchError(source.source_id, "source is disabled in the registry; enable it to fetch")
     since, until = work.start - source.overlap, work.end
@@ -82,36 +125,34 @@ def fetch_slice(
         stats.note = "legacy_latest: window API not called; dedup reads staged /latest pulls"
         return stats
     now = clock()
+    stamp = time_param(engine)
     try:
-        with ExporterClient(source, retry) as client, engine.begin() as connection:
-            snapshots.clear_staged(connection, source.source_id, since, until)
-            stamp = time_param(connection)
-            fetched_at = stamp(now)
-            last_cursor = None
-            for fetched in client.iter_window(since, until):
-                page = fetched.page
-                rows = page_rows(source.source_id, page, stats.samples, fetched_at, stamp)
-                written = snapshots.stage_rows(connection, rows)
-                snapshots.record_page(
-                    connection,
-                    source_id=source.source_id,
-                    fetch_since=since,
-                    fetch_until=until,
-                    page_no=fetched.page_no,
-                    item_count=len(page.items),
-                    sample_count=written,
-                    body_bytes=fetched.body_bytes,
-                    emitted_at=page.emitted_at,
-                    received_at=clock(),
-                    run_id=run_id,
-                )
-                stats.pages += 1
-                stats.items += len(page.items)
-                stats.samples += written
-                stats.body_bytes += fetched.body_bytes
-                last_cursor = fetched.cursor
-                del fetched, page, rows  # one page in memory at a time, not two
-            checkpoints.record_success(connection, source.source_id, since, until, last_cursor, clock())
+        with ExporterClient(source, retry) as client, tempfile.TemporaryFile(prefix="billing-fetch-") as spool:
+            pages = _download(client, source.source_id, since, until, spool, stamp, stamp(now), clock)
+            spool.seek(0)
+            with engine.begin() as connection:
+                snapshots.clear_staged(connection, source.source_id, since, until)
+                for spooled in pages:
+                    written = snapshots.stage_rows(connection, marshal.load(spool))
+                    snapshots.record_page(
+                        connection,
+                        source_id=source.source_id,
+                        fetch_since=since,
+                        fetch_until=until,
+                        page_no=spooled.page_no,
+                        item_count=spooled.item_count,
+                        sample_count=written,
+                        body_bytes=spooled.body_bytes,
+                        emitted_at=spooled.emitted_at,
+                        received_at=spooled.received_at,
+                        run_id=run_id,
+                    )
+                    stats.pages += 1
+                    stats.items += spooled.item_count
+                    stats.samples += written
+                    stats.body_bytes += spooled.body_bytes
+                last_cursor = pages[-1].cursor if pages else None
+                checkpoints.record_success(connection, source.source_id, since, until, last_cursor, clock())
     except SourceFetchError as error:
         with engine.begin() as connection:
             checkpoints.record_failure(connection, source.source_id, str(error), now)

@@ -22,7 +22,7 @@ from billing_assets.storage.sql import read_frame, time_select, typed
 
 # A hold this large is no counter anyone could have used; releasing it could
 # overflow a bucket. It stays held; fix the exporter instead.
-MAX_RELEASABLE_BYTES = 2**53
+MAX_RELEASABLE_BYTES = 2**56
 
 _IN_WINDOW = "source_id = :source_id AND collected_at >= :start AND collected_at < :end"
 _RANGE = {"start": "ts", "end": "ts"}

@@ -65,3 +65,26 @@ def everything_dagster_recorded(instance: dg.DagsterInstance, run_id: str) -> st
     texts = [str(record) for record in instance.all_logs(run_id)]
     texts += [repr(run.run_config), repr(run.tags), repr(run)]
     return "\n".join(texts)
+
+
+def serve(billing_env, upstream, script, billing_start, **overrides):
+    """Install a scripted history, register its source for Dagster runs, return the Source."""
+    import yaml
+
+    from billing_assets.defs.partitions import SOURCES_PARTITION
+    from billing_assets.registry.model import Source
+
+    upstream.server.install(script)
+    entry = upstream.registry_entry(script, billing_start, **overrides)
+    billing_env.sources_file.write_text(yaml.safe_dump({"sources": [entry]}, sort_keys=False))
+    billing_env.instance().add_dynamic_partitions(SOURCES_PARTITION, [script.source_id])
+    return Source.model_validate(entry)
+
+
+def check_results(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
+    """The run's asset check evaluations by check name."""
+    return {
+        event.event_specific_data.asset_check_key.name: event.event_specific_data
+        for event in result.all_events
+        if event.event_type_value == "ASSET_CHECK_EVALUATION"
+    }

@@ -19,6 +19,7 @@ from billing_assets.registry.model import Registry
 from billing_assets.storage import checkpoints
 from billing_assets.storage.dual_read import compare_dual_read
 from billing_assets.storage.health import conflict_counts, missing_windows
+from billing_assets.storage.quarantine import unreleased_counts
 
 DUAL_READ_WINDOW = timedelta(hours=2)
 
@@ -41,6 +42,8 @@ class SourceHealth:
     """Of those, the ones before the checkpoint: skipped, not merely late."""
     first_gap: str | None
     conflicts: int
+    held: int = 0
+    """Implausible deltas in usage_quarantine, not billed until released."""
     problems: list[str] = field(default_factory=list)
     dual_read: dict | None = None
     """`dual` sources: legacy /latest samples vs window data before the checkpoint (storage/dual_read.py)."""
@@ -63,6 +66,7 @@ def source_health(engine: Engine, registry: Registry, now: datetime, lag: timede
     with engine.connect() as connection:
         marks = checkpoints.read_all(connection)
         conflicts = conflict_counts(connection)
+        held = unreleased_counts(connection)
         reports = []
         for source in registry.sources:
             mark = marks.get(source.source_id) or {}
@@ -88,6 +92,7 @@ def source_health(engine: Engine, registry: Registry, now: datetime, lag: timede
                 holes=_minutes([(a, min(b, high_water)) for a, b in gaps if high_water and a < high_water]),
                 first_gap=f"[{format_rfc3339(gaps[0][0])}, {format_rfc3339(gaps[0][1])})" if gaps else None,
                 conflicts=conflicts.get(source.source_id, 0),
+                held=held.get(source.source_id, 0),
             )
             if report.over_budget:
                 report.problems.append("never collected" if high_water is None else "over lag budget")
@@ -95,6 +100,8 @@ def source_health(engine: Engine, registry: Registry, now: datetime, lag: timede
                 report.problems.append("last attempt failed")
             if report.conflicts:
                 report.problems.append("quarantined conflicts")
+            if report.held:
+                report.problems.append("implausible usage held (billing quarantine list)")
             if source.mode == "dual":
                 compared = compare_dual_read(
                     connection, source.source_id, max(start, now - DUAL_READ_WINDOW), min(high_water or start, now)
