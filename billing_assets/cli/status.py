@@ -50,7 +50,7 @@ def run_status(as_json: bool = False) -> int:
     from billing_assets.defs.health.source_health import source_health
     from billing_assets.defs.ops import clock
     from billing_assets.defs.ops.settings import CollectSettings
-    from billing_assets.defs.partitions import minute_partitions
+    from billing_assets.defs.partitions import earliest_window
     from billing_assets.defs.resources import BillingStore
     from billing_assets.registry.model import RegistryError
     from billing_assets.storage.engine import SchemaNotReady
@@ -63,7 +63,7 @@ def run_status(as_json: bool = False) -> int:
         return 2
     now = clock.now()
     try:
-        reports = source_health(store.read_engine(), registry, now, CollectSettings.from_env().lag, minute_partitions.start)
+        reports = source_health(store.read_engine(), registry, now, CollectSettings.from_env().lag, earliest_window(now))
     except SchemaNotReady as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -15,7 +15,7 @@ import dagster as dg
 from billing_assets.defs.health.source_health import SourceHealth, source_health as source_health_reports
 from billing_assets.defs.ops import clock
 from billing_assets.defs.ops.settings import CollectSettings
-from billing_assets.defs.partitions import minute_partitions
+from billing_assets.defs.partitions import earliest_window
 from billing_assets.defs.resources import BillingStore
 
 FRESHNESS = "source_freshness"
@@ -66,7 +66,7 @@ def source_health(billing: BillingStore) -> dg.MaterializeResult:
     reports = [
         report
         for report in source_health_reports(
-            billing.read_engine(), billing.registry(), clock.now(), CollectSettings.from_env().lag, minute_partitions.start
+            billing.read_engine(), billing.registry(), clock.now(), CollectSettings.from_env().lag, earliest_window(clock.now())
         )
         if report.enabled
     ]

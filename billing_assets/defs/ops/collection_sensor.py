@@ -20,7 +20,7 @@ from billing_assets.defs.ops.due_windows import due_range, retry_after
 from billing_assets.defs.ops.run_tags import load_cursor
 from billing_assets.defs.ops.run_tags import has_unfinished_run, source_tags
 from billing_assets.defs.ops.settings import CollectSettings
-from billing_assets.defs.partitions import SOURCES_PARTITION, minute_partitions
+from billing_assets.defs.partitions import SOURCES_PARTITION, earliest_window
 from billing_assets.defs.resources import BillingStore
 from billing_assets.registry.model import RegistryError
 from billing_assets.storage import checkpoints
@@ -91,7 +91,7 @@ def collection_sensor(context: dg.SensorEvaluationContext, billing: BillingStore
         due = due_range(
             high_water=mark.get("last_successful_until"),
             billing_start=source.billing_start,
-            partitions_start=minute_partitions.start,
+            partitions_start=earliest_window(now),
             now=now,
             lag=settings.lag,
             overlap=settings.overlap,

@@ -26,7 +26,7 @@ from billing_assets.defs.ops import clock
 from billing_assets.defs.ops.due_windows import ceil_minute
 from billing_assets.defs.ops.run_tags import load_cursor
 from billing_assets.defs.ops.run_tags import has_unfinished_run, source_tags
-from billing_assets.defs.partitions import SOURCES_PARTITION, minute_partitions
+from billing_assets.defs.partitions import SOURCES_PARTITION, earliest_window
 from billing_assets.defs.resources import BillingStore
 from billing_assets.pipeline.legacy import PULLED_MODES, pull_latest
 from billing_assets.registry.model import RegistryError
@@ -55,7 +55,7 @@ def legacy_latest_sensor(context: dg.SensorEvaluationContext, billing: BillingSt
     now = clock.now()
     registered = set(context.instance.get_dynamic_partitions(SOURCES_PARTITION))
     pending = load_cursor(context.cursor)
-    earliest = ceil_minute(minute_partitions.start)
+    earliest = ceil_minute(earliest_window(now))
     requests, notes = [], []
     for source in sources:
         sid = source.source_id

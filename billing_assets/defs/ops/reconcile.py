@@ -24,7 +24,7 @@ from billing_assets.defs.ops.collection_sensor import range_request
 from billing_assets.defs.ops.due_windows import ceil_minute
 from billing_assets.defs.ops.run_tags import source_tags
 from billing_assets.defs.ops.settings import CollectSettings, reconcile_horizon
-from billing_assets.defs.partitions import SOURCES_PARTITION, minute_partitions, partition_key
+from billing_assets.defs.partitions import SOURCES_PARTITION, earliest_window, partition_key
 from billing_assets.defs.resources import BillingStore
 from billing_assets.registry.model import RegistryError, Source
 
@@ -35,7 +35,7 @@ class ReconcileError(ValueError):
 
 def reconcile_window(source: Source, since: datetime, until: datetime) -> tuple[datetime, datetime]:
     """[since, until) as whole minutes, clipped to what this source may bill and the partitions hold."""
-    start = max(floor_minute(since), floor_minute(source.billing_start), ceil_minute(minute_partitions.start))
+    start = max(floor_minute(since), floor_minute(source.billing_start), ceil_minute(earliest_window()))
     end = floor_minute(until)
     if end <= start:
         raise ReconcileError(
