@@ -61,6 +61,15 @@ class BillingEnv:
     def write_registry(self, extra_entries: list[dict] | None = None) -> Path:
         return self.fleet.write_registry(self.sources_file, extra_entries)
 
+    def fetch(self, source_id: str, start: datetime, end: datetime, retry=None):
+        """One fetch step of a registered source, outside Dagster."""
+        from billing_assets.pipeline.fetch import fetch_slice
+        from billing_assets.pipeline.slices import Slice
+        from billing_assets.registry.model import load_registry
+
+        source = load_registry(self.sources_file).get(source_id)
+        return fetch_slice(self.engine, source, Slice(source_id, start, end), retry=retry)
+
     def sync_partitions(self) -> None:
         from billing_assets.defs.ops.source_partitions import sync_instance
         from billing_assets.registry.model import load_registry

@@ -9,69 +9,18 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import dagster as dg
 import pytest
 
 from billing_assets.core.timeutil import MINUTE, floor_minute, now_utc
-from billing_assets.definitions import defs
 from billing_assets.defs.ops import clock
 from billing_assets.defs.ops.collection_sensor import collection_sensor
 from billing_assets.defs.ops.due_windows import due_range, retry_after
 from billing_assets.defs.ops.run_tags import SOURCE_TAG
-from billing_assets.defs.resources import BillingStore
 from billing_assets.exporter import Faults
 from billing_assets.storage import checkpoints
 from billing_assets_tests.support.db import buckets_by_key, ledger_sums, nonzero
 from billing_assets_tests.support.oracle import exporter_samples, expected_buckets, within
-
-
-class FakeClock:
-    def __init__(self, now):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-
-class SensorDriver:
-    """Evaluates the sensor like the daemon does (cursor carried over) and runs its requests."""
-
-    def __init__(self, instance):
-        self.instance = instance
-        self.cursor = None
-        self.job = defs.resolve_implicit_global_asset_job_def()
-        self.runs: list[tuple[dict, bool]] = []
-
-    def evaluate(self):
-        context = dg.build_sensor_context(
-            instance=self.instance, cursor=self.cursor, resources={"billing": BillingStore()}, definitions=defs
-        )
-        result = collection_sensor(context)
-        if isinstance(result, dg.SkipReason):
-            return []
-        self.cursor = result.cursor
-        return result.run_requests
-
-    def execute(self, request) -> bool:
-        result = self.job.execute_in_process(
-            instance=self.instance, tags=request.tags, raise_on_error=False,
-            run_config={"loggers": {"console": {"config": {"log_level": "ERROR"}}}},
-        )
-        self.runs.append((dict(request.tags), result.success))
-        return result.success
-
-    def tick(self) -> list[bool]:
-        return [self.execute(request) for request in self.evaluate()]
-
-    def until_idle(self, limit: int = 10) -> int:
-        launched = 0
-        for _ in range(limit):
-            outcomes = self.tick()
-            if not outcomes:
-                return launched
-            assert all(outcomes), self.runs[-1]
-            launched += len(outcomes)
-        raise AssertionError(f"sensor still requesting after {limit} ticks")
+from billing_assets_tests.support.sensors import FakeClock, SensorDriver
 
 
 def _high_water(engine, source_id):
@@ -95,7 +44,7 @@ def test_sensor_catches_up_after_three_hour_outage_in_a_few_runs(billing_env, mo
     billing_env.sync_partitions()
     instance = billing_env.instance()
     engine = billing_env.engine
-    driver = SensorDriver(instance)
+    driver = SensorDriver(instance, collection_sensor)
 
     # Steady state: one run for the first 10 closed minutes, then nothing until a minute closes.
     requests = driver.evaluate()

@@ -26,19 +26,12 @@ from billing_assets.exporter import (
 )
 from billing_assets.exporter.api import SnapshotApi
 from billing_assets.exporter.server import ServerTls
+from billing_assets_tests.support.sensors import FakeClock
 
 SNI = "exporter.test"
 TOKEN = "test-token-not-a-secret"
 NOW = datetime(2026, 11, 21, 12, 0, 0, tzinfo=timezone.utc)
 WINDOW_START = datetime(2026, 11, 21, 10, 0, 0, tzinfo=timezone.utc)
-
-
-class FakeClock:
-    def __init__(self, now: datetime) -> None:
-        self.now = now
-
-    def __call__(self) -> datetime:
-        return self.now
 
 
 def shape(**overrides: object) -> TrafficShape:

@@ -33,46 +33,9 @@ from billing_assets.registry.model import RegistryError
 from billing_assets.storage.schema import exporter_snapshot_rows, legacy_snapshot_samples
 from billing_assets_tests.support.db import buckets_by_key, ledger_rows, ledger_sums, nonzero
 from billing_assets_tests.support.oracle import expected_buckets, exporter_samples, within
+from billing_assets_tests.support.sensors import FakeClock, SensorDriver
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
-
-
-class FakeClock:
-    def __init__(self, now):
-        self.now = now
-
-    def __call__(self):
-        return self.now
-
-
-class Driver:
-    """Evaluates one sensor like the daemon (cursor carried over) and runs what it requests."""
-
-    def __init__(self, instance, sensor):
-        self.instance, self.sensor, self.cursor = instance, sensor, None
-        self.job = defs.resolve_implicit_global_asset_job_def()
-        self.executed: list[dict] = []
-
-    def evaluate(self) -> list[dg.RunRequest]:
-        context = dg.build_sensor_context(
-            instance=self.instance, cursor=self.cursor, resources={"billing": BillingStore()}, definitions=defs
-        )
-        result = self.sensor(context)
-        if isinstance(result, dg.SkipReason):
-            return []
-        self.cursor = result.cursor or self.cursor
-        return list(result.run_requests or [])
-
-    def execute(self, request: dg.RunRequest) -> None:
-        result = self.job.execute_in_process(instance=self.instance, tags=request.tags, raise_on_error=False, run_config=QUIET)
-        assert result.success, request.tags
-        self.executed.append(dict(request.tags))
-
-    def tick(self) -> int:
-        requests = self.evaluate()
-        for request in requests:
-            self.execute(request)
-        return len(requests)
 
 
 def _legacy_env(monkeypatch, running, billing_start):
@@ -120,12 +83,12 @@ def test_legacy_env_source_bills_pulls_once_through_sensor_runs(billing_env, mon
     instance = billing_env.instance()
     sync_instance(instance, registry)
     engine = billing_env.engine
-    driver = Driver(instance, legacy_latest_sensor)
+    driver = SensorDriver(instance, legacy_latest_sensor)
 
-    assert driver.tick() == 0, "first pull: its minute is still open, nothing to request yet"
+    assert driver.tick() == [], "first pull: its minute is still open, nothing to request yet"
     for _ in range(8):
         fake.now += timedelta(seconds=30)
-        driver.tick()
+        assert all(driver.tick())
     end = floor_minute(fake.now)
     assert len(driver.executed) >= 4
     first = driver.executed[0]["dagster/asset_partition_range_start"]
@@ -147,16 +110,16 @@ def test_legacy_env_source_bills_pulls_once_through_sensor_runs(billing_env, mon
 
     # Re-evaluating in the same minute pulls the same snapshot again: nothing new is requested or charged.
     entries = len(ledger_rows(engine, "legacy"))
-    assert driver.tick() == 0
+    assert driver.tick() == []
     # Replaying what already ran (the same run again, then the whole range) appends nothing.
-    driver.execute(dg.RunRequest(tags=driver.executed[-1]))
+    assert driver.execute(dg.RunRequest(tags=driver.executed[-1]))
     assert materialize_range(defs, instance, "legacy", start, end, log_level="ERROR").success
     assert len(ledger_rows(engine, "legacy")) == entries
     assert nonzero(ledger_sums(engine, "legacy")) == oracle
 
     # The next minute is processed with the re-staged snapshot deduplicated away.
     fake.now += timedelta(seconds=45)
-    assert driver.tick() == 1
+    assert driver.tick() == [True]
     pulled = _pulled_times(engine, exporter_snapshot_rows, "legacy")
     assert nonzero(ledger_sums(engine, "legacy")) == _oracle(running.server, billing_start, start, floor_minute(fake.now), pulled)
 
@@ -218,13 +181,13 @@ def test_dual_source_bills_window_only_and_reports_differences(billing_env, monk
     billing_env.sync_partitions()
     instance = billing_env.instance()
     engine = billing_env.engine
-    legacy, collect = Driver(instance, legacy_latest_sensor), Driver(instance, collection_sensor)
+    legacy, collect = SensorDriver(instance, legacy_latest_sensor), SensorDriver(instance, collection_sensor)
 
     for _ in range(6):
-        assert legacy.tick() == 0, "dual pulls are compared, never billed: no runs"
+        assert legacy.tick() == [], "dual pulls are compared, never billed: no runs"
         fake.now += timedelta(seconds=30)
     fake.now += timedelta(minutes=1)
-    assert collect.tick() == 1
+    assert collect.tick() == [True]
     end = floor_minute(fake.now - timedelta(seconds=30))
 
     pulled = _pulled_times(engine, legacy_snapshot_samples, "dual-1")
@@ -248,10 +211,10 @@ def test_dual_source_bills_window_only_and_reports_differences(billing_env, monk
     running.server.faults = Faults(conflicting_totals=True)
     for _ in range(4):
         fake.now += timedelta(seconds=15)
-        legacy.tick()
+        assert all(legacy.tick())
     running.server.faults = Faults()
     fake.now += timedelta(minutes=2)  # every faulty snapshot now lies before the window checkpoint
-    assert collect.tick() == 1
+    assert collect.tick() == [True]
     report = _status_json(capsys)["dual-1"]["dual_read"]
     assert report["mismatched"] == 2, "two of four consecutive 15 s snapshots fall on even seconds"
     assert report["missing"] == 0 and report["differing_minutes"]
@@ -271,9 +234,9 @@ def test_late_legacy_snapshot_reopens_its_minute(billing_env, monkeypatch):
     _legacy_env(monkeypatch, running, start)
     instance = billing_env.instance()
     sync_instance(instance, BillingStore().registry())
-    driver = Driver(instance, legacy_latest_sensor)
+    driver = SensorDriver(instance, legacy_latest_sensor)
     for _ in range(6):
-        driver.tick()
+        assert all(driver.tick())
         fake.now += timedelta(seconds=30)
     starts = [tags["dagster/asset_partition_range_start"] for tags in driver.executed]
     ends = [tags["dagster/asset_partition_range_end"] for tags in driver.executed]

@@ -20,14 +20,7 @@ from billing_assets.exporter import Faults
 from billing_assets_tests.support.daemons import drive_backfill, write_test_instance_yaml
 from billing_assets_tests.support.db import buckets_by_key, ledger_rows, ledger_sums, nonzero
 from billing_assets_tests.support.oracle import exporter_samples, expected_buckets, within
-
-
-class FakeClock:
-    def __init__(self, now):
-        self.now = now
-
-    def __call__(self):
-        return self.now
+from billing_assets_tests.support.sensors import FakeClock
 
 
 @pytest.mark.slow

@@ -40,9 +40,9 @@ from billing_assets.pipeline.dedup import dedup_slice
 from billing_assets.pipeline.fetch import fetch_slice
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.model import Source
-from billing_assets.storage.schema import sample_conflicts, usage_minute_buckets
+from billing_assets.storage.schema import sample_conflicts
 from billing_assets.transport.client import RetryPolicy
-from billing_assets_tests.support.db import ledger_rows
+from billing_assets_tests.support.db import buckets_by_key, ledger_rows
 from billing_assets_tests.support.oracle import expected_buckets, expected_sample_counts, ledger_problems, within
 from billing_assets_tests.support.scripted_exporter import (
     Script,
@@ -315,16 +315,6 @@ class Harness:
         charge_slice(engine, source, work, DEFAULT_PRICING)
 
 
-def stored_buckets(engine, source_id: str) -> dict:
-    table = usage_minute_buckets
-    with engine.connect() as connection:
-        rows = connection.execute(select(table).where(table.c.source_id == source_id)).mappings().all()
-    return {
-        (r["node_id"], r["env"], r["uuid"], r["inbound_tag"], r["bucket_start"]): (r["uplink_bytes"], r["downlink_bytes"], r["sample_count"])
-        for r in rows
-    }
-
-
 def stored_conflicts(engine, source_id: str) -> set[tuple]:
     table = sample_conflicts
     with engine.connect() as connection:
@@ -342,7 +332,7 @@ def check_converged(harness: Harness, history: History, source: Source, plan: li
     harness.run(source, history, Run(0, history.minutes, reconcile_dagster))
 
     engine = harness.env.engine
-    buckets = stored_buckets(engine, source.source_id)
+    buckets = buckets_by_key(engine, source.source_id, with_counts=True)
     expected, counts = history.oracle(), history.oracle_counts()
     assert {key: value[:2] for key, value in buckets.items()} == expected
     assert {key: value[2] for key, value in buckets.items()} == counts
@@ -355,7 +345,7 @@ def check_converged(harness: Harness, history: History, source: Source, plan: li
         for run in runs:
             harness.run(source, history, Run(run.first, run.last))
     harness.run(source, history, Run(0, history.minutes, False))
-    assert stored_buckets(engine, source.source_id) == buckets
+    assert buckets_by_key(engine, source.source_id, with_counts=True) == buckets
     assert ledger_rows(engine, source.source_id) == entries
 
 

@@ -11,9 +11,6 @@ from datetime import timedelta
 
 from billing_assets.core.timeutil import floor_minute, now_utc
 from billing_assets.definitions import defs
-from billing_assets.pipeline.fetch import fetch_slice
-from billing_assets.pipeline.slices import Slice
-from billing_assets.registry.model import load_registry
 
 
 def _health_run(env):
@@ -25,17 +22,12 @@ def _health_run(env):
     return checks, materialization.step_materialization_data.materialization.metadata
 
 
-def _fetch(env, source_id, start, end):
-    source = load_registry(env.sources_file).get(source_id)
-    fetch_slice(env.engine, source, Slice(source_id, start, end))
-
-
 def test_health_asset_checks_follow_lag_and_gaps(billing_env):
     now = floor_minute(now_utc())
     start = now - timedelta(hours=2)
     billing_env.fleet.start("fresh-1", billing_start=start, users=2)
     billing_env.write_registry()
-    _fetch(billing_env, "fresh-1", start, now - timedelta(minutes=1))
+    billing_env.fetch("fresh-1", start, now - timedelta(minutes=1))
 
     checks, metadata = _health_run(billing_env)
     assert checks["source_freshness"].passed and checks["source_completeness"].passed
@@ -45,7 +37,7 @@ def test_health_asset_checks_follow_lag_and_gaps(billing_env):
     billing_env.write_registry()
     # First collection started 30 minutes after billing_start: those minutes are a hole
     # before the checkpoint, and the checkpoint (start + 40 min) is far behind now.
-    _fetch(billing_env, "stale-1", start + timedelta(minutes=30), start + timedelta(minutes=40))
+    billing_env.fetch("stale-1", start + timedelta(minutes=30), start + timedelta(minutes=40))
 
     checks, metadata = _health_run(billing_env)
     assert not checks["source_freshness"].passed

@@ -13,18 +13,10 @@ import pytest
 
 from billing_assets.cli.main import main
 from billing_assets.core.timeutil import floor_minute, now_utc
-from billing_assets.pipeline.fetch import fetch_slice
-from billing_assets.pipeline.slices import Slice
-from billing_assets.registry.model import load_registry
 from billing_assets.transport.client import RetryPolicy
 from billing_assets.transport.errors import SourceFetchError
 
 NO_RETRY = RetryPolicy(attempts=1)
-
-
-def _fetch(env, source_id, start, end):
-    source = load_registry(env.sources_file).get(source_id)
-    return fetch_slice(env.engine, source, Slice(source_id, start, end), retry=NO_RETRY)
 
 
 def _status(capsys, *args):
@@ -43,13 +35,13 @@ def test_status_reports_each_state_and_never_a_secret(billing_env, capsys, monke
     fleet.start("disabled-1", billing_start=start, users=2, seed=4, enabled=False)
     billing_env.write_registry()
 
-    _fetch(billing_env, "healthy-1", now - timedelta(minutes=20), now - timedelta(minutes=1))
-    _fetch(billing_env, "lagging-1", start, start + timedelta(minutes=30))
-    _fetch(billing_env, "failing-1", now - timedelta(minutes=20), now - timedelta(minutes=1))
+    billing_env.fetch("healthy-1", now - timedelta(minutes=20), now - timedelta(minutes=1), retry=NO_RETRY)
+    billing_env.fetch("lagging-1", start, start + timedelta(minutes=30), retry=NO_RETRY)
+    billing_env.fetch("failing-1", now - timedelta(minutes=20), now - timedelta(minutes=1), retry=NO_RETRY)
     wrong_token = "wrong-" + failing.token
     monkeypatch.setenv(failing.entry["credential_ref"].removeprefix("env:"), wrong_token)
     with pytest.raises(SourceFetchError):
-        _fetch(billing_env, "failing-1", now - timedelta(minutes=1), now)
+        billing_env.fetch("failing-1", now - timedelta(minutes=1), now, retry=NO_RETRY)
 
     code, text = _status(capsys)
     assert code == 1, "an enabled source over its lag budget must fail the command"
@@ -80,7 +72,7 @@ def test_status_reports_each_state_and_never_a_secret(billing_env, capsys, monke
 
     # Without the lagging source (and with the failing one fixed), the fleet is healthy: exit 0.
     monkeypatch.setenv(failing.entry["credential_ref"].removeprefix("env:"), failing.token)
-    _fetch(billing_env, "failing-1", now - timedelta(minutes=1), now)
+    billing_env.fetch("failing-1", now - timedelta(minutes=1), now, retry=NO_RETRY)
     del fleet.exporters["lagging-1"]
     billing_env.write_registry()
     code, text = _status(capsys)

@@ -126,14 +126,3 @@ def partitioned_check(asset: str, description: str):
             )(fn)
 
     return decorate
-
-
-def billing_asset(group_name: str, kinds: set[str], deps: list[str] | None = None):
-    """A billing asset: partitioned by (minute, source), a range of one source in one run."""
-    return dg.asset(
-        partitions_def=billing_partitions,
-        backfill_policy=dg.BackfillPolicy.single_run(),
-        deps=deps,
-        kinds=kinds,
-        group_name=group_name,
-    )

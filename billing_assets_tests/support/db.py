@@ -7,14 +7,16 @@ from sqlalchemy import select
 from billing_assets.storage.schema import billing_ledger, usage_minute_buckets
 
 
-def buckets_by_key(engine, source_id: str | None = None) -> dict[tuple, tuple[int, int]]:
+def buckets_by_key(engine, source_id: str | None = None, with_counts: bool = False) -> dict[tuple, tuple[int, ...]]:
+    """{bucket key: (uplink, downlink)} or, `with_counts`, (uplink, downlink, sample_count)."""
     query = select(usage_minute_buckets)
     if source_id:
         query = query.where(usage_minute_buckets.c.source_id == source_id)
     with engine.connect() as connection:
         rows = connection.execute(query).mappings().all()
     return {
-        (r["node_id"], r["env"], r["uuid"], r["inbound_tag"], r["bucket_start"]): (r["uplink_bytes"], r["downlink_bytes"])
+        (r["node_id"], r["env"], r["uuid"], r["inbound_tag"], r["bucket_start"]):
+            (r["uplink_bytes"], r["downlink_bytes"], *((r["sample_count"],) if with_counts else ()))
         for r in rows
     }
 

@@ -1,11 +1,21 @@
 import dagster as dg
 
+from billing_assets.defs.partitions import billing_partitions
 from billing_assets.defs.resources import BillingStore
-from billing_assets.defs.run_context import billing_asset, run_each_slice, summed, window_metadata
+from billing_assets.defs.run_context import run_each_slice, summed, window_metadata
+from billing_assets.defs.table_contracts import OWNERS, table_metadata
 from billing_assets.pipeline.fetch import fetch_slice
+from billing_assets.storage import schema
 
 
-@billing_asset("ingest", {"python", "sql"})
+@dg.asset(
+    partitions_def=billing_partitions,  # (minute, source): a key reads 2026-11-21-10:07|eu-1
+    backfill_policy=dg.BackfillPolicy.single_run(),  # a range of one source is one run
+    group_name="ingest",
+    kinds={"python", "sql"},
+    owners=OWNERS,
+    metadata=table_metadata(schema.exporter_snapshot_rows),
+)
 def exporter_snapshots(context: dg.AssetExecutionContext, billing: BillingStore) -> dg.MaterializeResult:
     """Every page the exporter returns for the window, staged as received.
 

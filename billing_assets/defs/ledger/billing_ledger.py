@@ -1,11 +1,22 @@
 import dagster as dg
 
+from billing_assets.defs.partitions import billing_partitions
 from billing_assets.defs.resources import BillingStore
-from billing_assets.defs.run_context import billing_asset, run_each_slice, summed, window_metadata
+from billing_assets.defs.run_context import run_each_slice, summed, window_metadata
+from billing_assets.defs.table_contracts import OWNERS, table_metadata
 from billing_assets.pipeline.charge import charge_slice
+from billing_assets.storage import schema
 
 
-@billing_asset("ledger", {"sql"}, deps=["usage_minute_buckets"])
+@dg.asset(
+    partitions_def=billing_partitions,  # (minute, source): a key reads 2026-11-21-10:07|eu-1
+    backfill_policy=dg.BackfillPolicy.single_run(),  # a range of one source is one run
+    deps=["usage_minute_buckets"],
+    group_name="ledger",
+    kinds={"sql"},
+    owners=OWNERS,
+    metadata=table_metadata(schema.billing_ledger),
+)
 def billing_ledger(context: dg.AssetExecutionContext, billing: BillingStore) -> dg.MaterializeResult:
     """Append-only charges: the sum of a bucket's entries is what it costs.
 

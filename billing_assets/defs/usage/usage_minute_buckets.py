@@ -1,11 +1,22 @@
 import dagster as dg
 
+from billing_assets.defs.partitions import billing_partitions
 from billing_assets.defs.resources import BillingStore
-from billing_assets.defs.run_context import billing_asset, run_each_slice, summed, window_metadata
+from billing_assets.defs.run_context import run_each_slice, summed, window_metadata
+from billing_assets.defs.table_contracts import OWNERS, table_metadata
 from billing_assets.pipeline.bucket import bucket_slice
+from billing_assets.storage import schema
 
 
-@billing_asset("usage", {"pandas", "sql"}, deps=["usage_samples"])
+@dg.asset(
+    partitions_def=billing_partitions,  # (minute, source): a key reads 2026-11-21-10:07|eu-1
+    backfill_policy=dg.BackfillPolicy.single_run(),  # a range of one source is one run
+    deps=["usage_samples"],
+    group_name="usage",
+    kinds={"pandas", "sql"},
+    owners=OWNERS,
+    metadata=table_metadata(schema.usage_minute_buckets),
+)
 def usage_minute_buckets(context: dg.AssetExecutionContext, billing: BillingStore) -> dg.MaterializeResult:
     """Bytes used per (node, env, user, inbound tag, minute), from counter deltas.
 
