@@ -20,21 +20,49 @@ from billing_assets.definitions import defs
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = {"exporter_snapshots", "usage_samples", "usage_minute_buckets", "billing_ledger"}
-SENSORS = {"exporter_sources_sensor", "collection_sensor", "partition_status_sensor"}
-SCHEDULES = {"reconcile_schedule", "source_health_schedule"}
+SENSORS = {"exporter_sources_sensor", "collection_sensor", "legacy_latest_sensor", "partition_status_sensor"}
+SCHEDULES = {"reconcile_schedule", "source_health_schedule", "prune_schedule"}
 CHECKS = {"source_freshness", "source_completeness"}  # on the unpartitioned source_health asset
-BILLING_CHECKS = {"ledger_matches_buckets"}
+BILLING_CHECKS = {  # partitioned like the billing assets
+    "usage_samples": {"no_conflicting_deliveries"},
+    "usage_minute_buckets": {"no_implausible_usage"},
+    "billing_ledger": {"ledger_matches_buckets"},
+}
+TABLES = {
+    "exporter_snapshots": "exporter_snapshot_rows", "usage_samples": "usage_samples",
+    "usage_minute_buckets": "usage_minute_buckets", "billing_ledger": "billing_ledger",
+}
 
 
 def test_definitions_hold_assets_checks_sensors_schedules():
+    """Exactly these sensors, schedules and checks: a new one must be listed here (and in the docs)."""
     graph = defs.resolve_asset_graph()
     assert ASSETS <= {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert CHECKS | BILLING_CHECKS <= {key.name for key in graph.asset_check_keys}
-    assert {key.asset_key.to_user_string() for key in graph.asset_check_keys if key.name in CHECKS} == {"source_health"}
-    assert SENSORS <= {sensor.name for sensor in defs.sensors}
-    assert SCHEDULES <= {schedule.name for schedule in defs.schedules}
+    checks: dict[str, set[str]] = {}
+    for key in graph.asset_check_keys:
+        checks.setdefault(key.asset_key.to_user_string(), set()).add(key.name)
+    assert {asset: names for asset, names in checks.items() if asset in ASSETS} == BILLING_CHECKS
+    assert checks["source_health"] == CHECKS
+    assert {sensor.name for sensor in defs.sensors} == SENSORS
+    assert {schedule.name for schedule in defs.schedules} == SCHEDULES
     for name in ASSETS:
-        assert graph.get(dg.AssetKey(name)).backfill_policy == dg.BackfillPolicy.single_run()
+        node = graph.get(dg.AssetKey(name))
+        assert node.backfill_policy == dg.BackfillPolicy.single_run()
+        assert node.partitions_def.partitions_defs[1].partitions_def.name == "exporter_sources"
+
+
+def test_billing_assets_show_their_table_contract():
+    """Table name and columns in the UI come from the SQLAlchemy models (the read contract)."""
+    from billing_assets.storage.schema import metadata
+
+    graph = defs.resolve_asset_graph()
+    for asset, table in TABLES.items():
+        node = graph.get(dg.AssetKey(asset))
+        assert node.metadata["dagster/table_name"] == table
+        columns = [column.name for column in node.metadata["dagster/column_schema"].columns]
+        assert columns == [column.name for column in metadata.tables[table].columns]
+        assert node.owners == ["team:billing"]
+        assert "dagster/code_references" in node.metadata
 
 
 def test_dagster_cli_validates_the_workspace(tmp_path):

@@ -65,3 +65,37 @@ def test_an_unknown_or_unsynced_source_submits_nothing(billing_env, recent_hour,
 
     assert main(["reconcile", "--source", "rc-a", "--since", since, "--until", until]) == 0
     assert [backfill.tags[SOURCE_TAG] for backfill in instance.get_backfills()] == ["rc-a"]
+
+
+def test_reconcile_schedule_requests_the_trailing_horizon_per_enabled_window_source(billing_env, recent_hour, monkeypatch):
+    """The schedule as the daemon evaluates it: one range run per enabled, registered window-API
+    source over the trailing horizon, tagged for the per-source queue limit; nothing for the rest."""
+    import dagster as dg
+
+    from billing_assets.core.timeutil import MINUTE, floor_minute
+    from billing_assets.defs.ops import clock
+    from billing_assets.defs.ops.reconcile import reconcile_schedule
+    from billing_assets.defs.resources import BillingStore
+
+    now = recent_hour + timedelta(hours=2, seconds=20)
+    monkeypatch.setattr(clock, "now", lambda: now)
+    monkeypatch.setenv("BILLING_RECONCILE_HORIZON", "1h")
+    billing_env.fleet.start("rs-a", billing_start=recent_hour - timedelta(hours=1), users=2)
+    billing_env.fleet.start("rs-late", billing_start=now - timedelta(minutes=20), users=2, seed=2)
+    billing_env.fleet.start("rs-off", billing_start=recent_hour, users=2, seed=3, enabled=False)
+    billing_env.write_registry()
+    billing_env.sync_partitions()
+    billing_env.fleet.start("rs-unsynced", billing_start=recent_hour, users=2, seed=4)
+    billing_env.write_registry()  # in the registry, not yet a partition: the sensor adds it first
+
+    context = dg.build_schedule_context(instance=billing_env.instance(), resources={"billing": BillingStore()})
+    requests = list(reconcile_schedule(context))
+    by_source = {request.tags[SOURCE_TAG]: request for request in requests}
+    assert sorted(by_source) == ["rs-a", "rs-late"]
+    until = now - timedelta(seconds=30)  # BILLING_COLLECT_LAG: only windows closed that long ago
+    last = floor_minute(until) - MINUTE
+    for source_id, first in (("rs-a", floor_minute(until - timedelta(hours=1))), ("rs-late", floor_minute(now - timedelta(minutes=20)))):
+        tags = by_source[source_id].tags
+        assert tags[TRIGGER_TAG] == "reconcile"
+        assert tags["dagster/asset_partition_range_start"] == f"{first:%Y-%m-%d-%H:%M}|{source_id}"
+        assert tags["dagster/asset_partition_range_end"] == f"{last:%Y-%m-%d-%H:%M}|{source_id}"
