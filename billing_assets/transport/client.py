@@ -140,7 +140,7 @@ class ExporterClient:
         headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
         if source.auth_mode == "bearer":
             try:
-                token = resolve_bearer_token(source.credential_ref).reveal()
+                token = resolve_bearer_token(source.credential_ref).get_secret_value()
             except CredentialError as error:
                 raise SourceFetchError(source.source_id, str(error)) from None
             headers["Authorization"] = f"Bearer {token}"
@@ -194,7 +194,7 @@ class ExporterClient:
         try:
             with self._deadline.running(self._budget_s):
                 with self._http.stream("GET", path, params=params, extensions=extensions) as response:
-                    refused = self._status_error(response)
+                    refused = self._check_status(response)
                     if refused is not None:
                         return refused
                     return self._read_body(response, where)
@@ -232,14 +232,16 @@ class ExporterClient:
         limit = self.source.max_page_bytes
         return self._fail(f"{where}: response body exceeds max_page_bytes ({size:,} bytes {how}; limit {limit:,})")
 
-    def _status_error(self, response: httpx.Response) -> _Retry | None:
+    def _check_status(self, response: httpx.Response) -> _Retry | None:
+        """None for 200, a retry for what waiting can fix (with the exporter's Retry-After), else a raise."""
         code = response.status_code
         if code == 200:
             return None
         if code in (401, 403):
             raise self._fail(f"exporter rejected our credentials (HTTP {code})")
         if code == 429 or code >= 500:
-            retry_after = parse_retry_after(response.headers.get("retry-after"), datetime.now(timezone.utc)) if code in (429, 503) else None
+            asked = response.headers.get("retry-after") if code in (429, 503) else None
+            retry_after = parse_retry_after(asked, datetime.now(timezone.utc))
             return _Retry(self._fail(f"exporter answered HTTP {code}", retryable=True), retry_after)
         raise self._fail(f"exporter answered HTTP {code} to {response.request.url.path}")
 
