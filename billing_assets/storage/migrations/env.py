@@ -2,6 +2,7 @@
 
 from alembic import context
 
+from billing_assets.storage.pruning import include_name
 from billing_assets.storage.schema import metadata
 
 connection = context.config.attributes.get("connection")
@@ -12,6 +13,8 @@ if connection is None:
 
     connection = create_engine(database_url()).connect()
 
-context.configure(connection=connection, target_metadata=metadata, render_as_batch=True, compare_type=True)
+context.configure(
+    connection=connection, target_metadata=metadata, render_as_batch=True, compare_type=True, include_name=include_name
+)
 with context.begin_transaction():
     context.run_migrations()
