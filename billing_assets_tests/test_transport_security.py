@@ -388,7 +388,7 @@ def test_secret_resolution_rules(tmp_path, monkeypatch):
     token_file = tmp_path / "token"
     token_file.write_text("file-token-value\n")
     token_file.chmod(0o600)
-    assert resolve_secret(f"file:{token_file}").reveal() == "file-token-value"
+    assert resolve_secret(f"file:{token_file}").get_secret_value() == "file-token-value"
     token_file.chmod(0o604)
     with pytest.raises(CredentialError, match="world-readable") as refused:
         resolve_secret(f"file:{token_file}")
@@ -398,7 +398,7 @@ def test_secret_resolution_rules(tmp_path, monkeypatch):
     with pytest.raises(CredentialError, match="is empty"):
         resolve_secret(f"file:{token_file}")
     monkeypatch.setenv("BILLING_TEST_ENV_TOKEN", "env-token-value")
-    assert resolve_secret("env:BILLING_TEST_ENV_TOKEN").reveal() == "env-token-value"
+    assert resolve_secret("env:BILLING_TEST_ENV_TOKEN").get_secret_value() == "env-token-value"
     assert "env-token-value" not in repr(resolve_secret("env:BILLING_TEST_ENV_TOKEN"))
     assert "env-token-value" not in f"{resolve_secret('env:BILLING_TEST_ENV_TOKEN')}"
     monkeypatch.setenv("BILLING_TEST_ENV_TOKEN", "line-one\nline-two")

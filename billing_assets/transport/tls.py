@@ -41,7 +41,7 @@ def _load_client_certificate(context: ssl.SSLContext, source: Source) -> None:
             check_private_file(path, "client certificate/key")
             context.load_cert_chain(str(path))
             return
-        pem = resolve_secret(ref, "client certificate/key").reveal()
+        pem = resolve_secret(ref, "client certificate/key").get_secret_value()
         with tempfile.TemporaryDirectory(prefix="billing-mtls-") as private_dir:
             path = Path(private_dir) / "client.pem"
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
