@@ -161,7 +161,7 @@ def _start_webserver(env: dict, stack: ExitStack) -> str:
 
 
 def run_fleet(args) -> dict:
-    from bench.run import machine
+    from bench.common import machine
 
     os.environ["BENCH_FLEET_TOKEN"] = "fleet-bench-token-never-used"
     report: dict = {"machine": machine(), "sources": args.fleet_sources, "days": args.fleet_days}
@@ -174,17 +174,17 @@ def run_fleet(args) -> dict:
         start_day = (now - timedelta(days=args.fleet_days - 1)).replace(hour=0, minute=0)
         admin = args.postgres_admin_url
         if not admin:
-            from billing_assets_tests.support.pg import start_postgres
+            from billing_assets.devtools.postgres import start_postgres
 
             server = start_postgres()
             stack.callback(server.stop)
             dagster_url, billing_url = server.create_database("dagster"), server.create_database("billing")
         else:
-            from bench.run import database_urls
+            from bench.common import database_urls
 
             fresh = database_urls(["postgres"], root, admin, stack)
             dagster_url, billing_url = fresh("postgres"), fresh("postgres")
-        from bench.run import dagster_home
+        from bench.common import dagster_home
 
         home = Path(dagster_home(root, "dagster_home", dagster_url))
         registry = root / "sources.yaml"

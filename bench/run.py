@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -26,6 +25,7 @@ from dataclasses import asdict, replace
 from datetime import timedelta
 from pathlib import Path
 
+from bench.common import dagster_home, database_urls, machine
 from bench.exporters import ExporterProcesses, Shape
 
 PRESETS: dict[str, dict] = {
@@ -94,66 +94,6 @@ def spawn_concurrently(job: dict, concurrency: int) -> dict:
             for stage, seconds in result["stages_s"].items():
                 merged["stages_s"][stage] = merged["stages_s"].get(stage, 0.0) + seconds
     return merged
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    return f"{os.cpu_count()} cores, {memory:.0f} GiB, {cpu}, Python {platform.python_version()}"
-
-
-def database_urls(names: list[str], root: Path, admin_url: str | None, stack: ExitStack):
-    """A factory of fresh, empty databases of each requested kind."""
-    server = None
-    if "postgres" in names and not admin_url:
-        from billing_assets_tests.support.pg import pg_binaries_available, start_postgres
-
-        if not pg_binaries_available():
-            raise SystemExit("PostgreSQL binaries (initdb, pg_ctl) not on PATH; pass --postgres-admin-url or --db sqlite")
-        server = start_postgres()
-        stack.callback(server.stop)
-    counter = iter(range(1_000_000))
-
-    def fresh(kind: str) -> str:
-        if kind == "sqlite":
-            return f"sqlite:///{root / f'billing-{next(counter)}.sqlite'}"
-        if server is not None:
-            return server.create_database("bench")
-        import uuid
-
-        import psycopg
-        from sqlalchemy.engine import make_url
-
-        name = f"bench_{uuid.uuid4().hex[:12]}"
-        url = make_url(admin_url)
-        with psycopg.connect(url.set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        return url.set(database=name).render_as_string(hide_password=False)
-
-    return fresh
-
-
-def dagster_home(root: Path, name: str, storage_url: str | None = None) -> str:
-    """A DAGSTER_HOME; with `storage_url` (PostgreSQL) its runs, events and
-    schedules live there, as in production (deploy/dagster.yaml)."""
-    import yaml
-
-    home = root / name
-    home.mkdir(parents=True, exist_ok=True)
-    config: dict = {"telemetry": {"enabled": False}}
-    if storage_url:
-        # dagster-postgres is tested on psycopg2; SQLAlchemy 2.1 maps postgresql:// to psycopg 3.
-        pg_url = storage_url.replace("postgresql+psycopg://", "postgresql+psycopg2://")
-        config["storage"] = {"postgres": {"postgres_url": pg_url}}
-    (home / "dagster.yaml").write_text(yaml.safe_dump(config))
-    return str(home)
 
 
 def throughput(args, shape: Shape, databases: list[str], with_overhead: bool) -> dict:

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="pyinstrument profile of the four steps")
     args = parser.parse_args(argv)
 
-    from bench.run import database_urls
+    from bench.common import database_urls
     from billing_assets.core.pricing import DEFAULT_PRICING
     from billing_assets.core.timeutil import floor_minute, now_utc
     from billing_assets.pipeline.bucket import bucket_slice

@@ -15,7 +15,7 @@ import pytest
 from billing_assets.core.timeutil import floor_minute, now_utc
 from billing_assets.storage.engine import get_engine, migrate, reset_caches
 from billing_assets_tests.support.exporters import ExporterFleet
-from billing_assets_tests.support.pg import pg_binaries_available, start_postgres
+from billing_assets.devtools.postgres import pg_binaries_available, start_postgres
 from billing_assets_tests.support.scripted_exporter import start_scripted_upstream
 
 os.environ.setdefault("DAGSTER_TELEMETRY_DISABLED", "1")
