@@ -1,4 +1,4 @@
-"""A real, throwaway PostgreSQL server for the tests (initdb + pg_ctl).
+"""A real, throwaway PostgreSQL server for the tests and the bench (initdb + pg_ctl).
 
 PostgreSQL refuses to run as root; when the tests run as root the server is
 started as the `postgres` system user via runuser, in a directory it owns.
