@@ -29,7 +29,7 @@ from billing_assets.storage.buckets_in_database import Recomputed, recompute_buc
 from billing_assets.storage.sql import is_postgres, source_lock
 
 CHUNK = timedelta(hours=1)
-MAX_CHUNK_SAMPLES = 200_000  # 10k users x 30 min peaked at 473 MiB RSS (1,049 MiB at 600k)
+MAX_CHUNK_SAMPLES = 200_000  # sized by the memory preset (bench/RESULTS.md, round 3)
 
 
 def chunk_for(rows: int, work: Slice, longest: timedelta, budget: int) -> timedelta:

@@ -2,8 +2,8 @@
 
 The pandas path (`core.buckets.compute_minute_buckets`, used on SQLite) moves
 every sample of a window into Python and every bucket back: at ~300 k
-samples per source-hour that transfer was most of the bucket step (3.7 s per
-source-hour, bench/RESULTS.md round 4), while the arithmetic itself is a
+samples per source-hour that transfer was most of the bucket step
+(bench/RESULTS.md, round 4), while the arithmetic itself is a
 window function. Here one statement reads the window and each series' last
 earlier sample (the baseline), derives the deltas with `LAG`, sums them per
 minute and upserts only buckets whose values changed.

@@ -247,7 +247,7 @@ def prefer_hash_joins(connection: Connection) -> None:
     Freshly written time ranges lie past the planner's statistics, so it
     estimates one row per range and joins on collected_at alone (a nested
     loop or merge join through the (source_id, collected_at) index), which is
-    quadratic in series per snapshot: 45 s instead of 0.3 s at 1,500 series.
+    quadratic in series per snapshot (bench/RESULTS.md, round 2).
     Every join we run on those ranges is between two bounded range scans,
     where a hash join on the full key is linear whatever the estimates say.
     """
