@@ -236,7 +236,10 @@ def _drop_expired_partitions(engine: Engine, tables: list[str], report: PruneRep
 
     `usage_samples` first hands each series' latest expiring sample back to the
     table (detached partitions no longer cover their range, so the rows land in
-    DEFAULT): those are the baselines the bucket step still needs.
+    DEFAULT): those are the baselines the bucket step still needs. They are
+    read from the expiring partitions before the detach, so the exclusive lock
+    the detach takes on the table lasts only for one row per series and the drops
+    (nothing writes to those days any more: they are past the horizon).
     """
     for table in tables:
         with engine.begin() as connection:
@@ -244,16 +247,20 @@ def _drop_expired_partitions(engine: Engine, tables: list[str], report: PruneRep
             expired = [name for day, name in sorted(day_partitions(connection, table).items()) if day + DAY <= report.cutoff]
             if not expired:
                 continue
-            for name in expired:
-                connection.execute(text(f"ALTER TABLE {table} DETACH PARTITION {name}"))
             if table == "usage_samples":
                 series = ", ".join(SERIES)
                 union = " UNION ALL ".join(f"SELECT * FROM {name}" for name in expired)
-                report.baselines_kept += connection.execute(
+                connection.execute(
                     text(
-                        f"INSERT INTO usage_samples SELECT DISTINCT ON ({series}) * FROM ({union}) expiring "
-                        f"ORDER BY {series}, collected_at DESC ON CONFLICT DO NOTHING"
+                        f"CREATE TEMPORARY TABLE expiring_baselines ON COMMIT DROP AS "
+                        f"SELECT DISTINCT ON ({series}) * FROM ({union}) expiring ORDER BY {series}, collected_at DESC"
                     )
+                )
+            for name in expired:
+                connection.execute(text(f"ALTER TABLE {table} DETACH PARTITION {name}"))
+            if table == "usage_samples":
+                report.baselines_kept += connection.execute(
+                    text("INSERT INTO usage_samples SELECT * FROM expiring_baselines ON CONFLICT DO NOTHING")
                 ).rowcount
             for name in expired:
                 connection.execute(text(f"DROP TABLE {name}"))
