@@ -192,3 +192,23 @@ def test_status_as_a_select_only_read_only_role_on_postgres(billing_env):
             connection.exec_driver_sql("DROP OWNED BY billing_reader")
             connection.exec_driver_sql("DROP ROLE billing_reader")
         reset_caches()
+
+
+def test_the_collection_sensor_reads_a_never_migrated_database_without_creating_it(billing_env, recent_hour):
+    """Sensors only read: on a fresh deployment they request the first runs (which migrate)
+    instead of creating the schema themselves or failing on a missing table."""
+    import dagster as dg
+
+    from billing_assets.defs.ops.collection_sensor import collection_sensor
+
+    billing_env.fleet.start("ro-1", billing_start=recent_hour, users=2)
+    billing_env.write_registry()
+    billing_env.sync_partitions()
+    context = dg.build_sensor_context(instance=billing_env.instance(), resources={"billing": BillingStore()}, definitions=defs)
+    result = collection_sensor(context)
+    assert isinstance(result, dg.SensorResult) and [r.tags["billing/source"] for r in result.run_requests] == ["ro-1"]
+    if billing_env.database_url.startswith("sqlite"):
+        assert not Path(make_url(billing_env.database_url).database).exists(), "the sensor created the database"
+    else:
+        with get_engine(billing_env.database_url).connect() as connection:
+            assert schema_revision(connection) is None, "the sensor migrated the database"
