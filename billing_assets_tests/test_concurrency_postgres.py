@@ -42,6 +42,7 @@ from billing_assets.storage.schema import billing_ledger
 from billing_assets_tests.support.db import buckets_by_key, ledger_rows
 from billing_assets_tests.support.oracle import expected_buckets, ledger_problems, within
 from billing_assets_tests.support.scripted_exporter import Script, ScriptedItem, ScriptedSample
+from billing_assets_tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.postgres
 
@@ -133,14 +134,6 @@ class Workers:
                 proc.wait()
 
 
-def wait_until(condition, what: str, explain=lambda: "") -> None:
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what} {explain()}")
-        time.sleep(0.05)
-
-
 # -- fixtures -----------------------------------------------------------------------------
 
 
@@ -193,7 +186,7 @@ def test_parallel_runs_of_same_and_overlapping_ranges_charge_once(pg, upstream, 
     for n, (a, b) in enumerate(ranges):
         home = dagster_home(tmp_path, f"home{n}")
         procs.append((workers.start("dagster", "cc-1", a, b, str(go), str(tmp_path / f"ready{n}"), home=home), n))
-    wait_until(lambda: all((tmp_path / f"ready{n}").exists() for n in range(len(ranges))), "workers to load")
+    wait_until(lambda: all((tmp_path / f"ready{n}").exists() for n in range(len(ranges))), "workers to load", WAIT_S)
     go.write_text("go")  # release all runs at once
     for proc, n in procs:
         code, output = workers.finish(proc)
@@ -229,7 +222,7 @@ def test_unique_entry_seq_stops_a_racing_charge_without_the_lock(pg, upstream, r
         outcome: dict = {}
         charging = threading.Thread(target=lambda: outcome.update(stats=charge_slice(engine, source, work, DEFAULT_PRICING)))
         charging.start()
-        wait_until(lambda: _waiting_on_lock(engine, "billing_ledger"), "the ledger insert to wait for the racer")
+        wait_until(lambda: _waiting_on_lock(engine, "billing_ledger"), "the ledger insert to wait for the racer", WAIT_S)
         transaction.commit()  # the racer's charge lands first; ours now violates the unique key
         charging.join(WAIT_S)
     racer.dispose()
@@ -261,7 +254,7 @@ def test_sample_primary_key_stops_a_racing_dedup_without_the_lock(pg, upstream, 
         outcome: dict = {}
         deduping = threading.Thread(target=lambda: outcome.update(stats=dedup_slice(engine, source, work)))
         deduping.start()
-        wait_until(lambda: _waiting_on_lock(engine, "usage_samples"), "our insert to wait for the racer's rows")
+        wait_until(lambda: _waiting_on_lock(engine, "usage_samples"), "our insert to wait for the racer's rows", WAIT_S)
         transaction.commit()  # the racer's rows land first; ours now violate the primary key
         deduping.join(WAIT_S)
     racer.dispose()
@@ -334,11 +327,11 @@ def test_worker_killed_mid_write_leaves_database_consistent(pg, upstream, recent
             assert proc.poll() is None, workers.finish(proc)[1]
             return _waiting_on_lock(engine, kill_during, app)
 
-        wait_until(blocked, f"the worker to block inside its {kill_during} write")
+        wait_until(blocked, f"the worker to block inside its {kill_during} write", WAIT_S)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
         transaction.rollback()
-    wait_until(lambda: _backend_gone(engine, app), "the killed worker's backend to end")
+    wait_until(lambda: _backend_gone(engine, app), "the killed worker's backend to end", WAIT_S)
 
     # Nothing of the killed transaction is visible; the ledger still matches the buckets it charged.
     after_buckets, after_ledger = buckets_by_key(engine, "cc-3"), ledger_rows(engine, "cc-3")

@@ -31,6 +31,7 @@ from billing_assets_tests.support.hostile_exporter import Drip, HostileExporter
 from billing_assets_tests.support.oracle import expected_buckets, within
 from billing_assets_tests.support.outcomes import check_results, checkpoint, serve
 from billing_assets_tests.support.scripted_exporter import Script, ScriptedItem, ScriptedSample
+from billing_assets_tests.support.waiting import wait_until
 
 MINUTE = timedelta(minutes=1)
 INT64_MAX = 2**63 - 1
@@ -208,7 +209,7 @@ def test_a_dripping_exporter_does_not_lock_other_sources_out_of_sqlite(billing_e
 
         dripping = threading.Thread(target=drip_fetch, daemon=True)
         dripping.start()
-        _wait_until(lambda: slow.heard, "the dripping exporter to be asked")
+        wait_until(lambda: slow.heard, "the dripping exporter to be asked", 10)
         stats = fetch_slice(engine, registry.get("fast-1"), Slice("fast-1", start, start + MINUTE), retry=RetryPolicy(attempts=1))
         assert stats.samples > 0
         assert dripping.is_alive(), "the healthy source finished while the slow one was still dripping"
@@ -218,16 +219,6 @@ def test_a_dripping_exporter_does_not_lock_other_sources_out_of_sqlite(billing_e
     finally:
         slow.stop()
         fast.stop()
-
-
-def _wait_until(condition, what: str, timeout_s: float = 10.0) -> None:
-    import time
-
-    ends = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > ends:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.02)
 
 
 @pytest.fixture
