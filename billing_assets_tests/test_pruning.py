@@ -203,3 +203,16 @@ def test_upgrade_to_day_partitions_keeps_every_row(database_url):
     assert len(after_downgrade["exporter_pages"]) == 4 and after_downgrade["usage_samples"] == before["usage_samples"]
     with engine.connect() as connection:
         assert connection.execute(text("SELECT relkind FROM pg_class WHERE relname = 'usage_samples'")).scalar() == "r"
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_prune_job_runs_in_dagster_outside_the_billing_partitions(billing_env):
+    job = defs.resolve_job_def("prune_job")
+    assert job.partitions_def is None and "billing/source" not in job.tags, "pruning must not queue behind a source"
+    assert defs.resolve_schedule_def("prune_schedule").job_name == "prune_job"
+    result = job.execute_in_process(instance=billing_env.instance())
+    assert result.success
+    (materialization,) = [e for e in result.all_events if e.event_type == dg.DagsterEventType.STEP_OUTPUT]
+    metadata = materialization.step_output_data.metadata
+    assert metadata["cutoff"].value == prune_cutoff(now_utc(), timedelta(days=32)).isoformat()
+    assert metadata["rows_deleted"].value == 0
