@@ -28,7 +28,7 @@ def _age(seconds: float | None) -> str:
 
 
 def render_table(reports: list[SourceHealth], now: datetime) -> str:
-    header = f"{'source':<16} {'enabled':<7} {'mode':<13} {'lag':>8} {'budget':>7} {'last success':<20} {'missing':>7} {'conflicts':>9}  state"
+    header = f"{'source':<16} {'enabled':<7} {'mode':<13} {'lag':>8} {'budget':>7} {'last success':<20} {'missing':>7} {'conflicts':>9} {'held':>5}  state"
     lines = [header]
     for r in reports:
         state = "disabled" if not r.enabled else ("LATE" if r.over_budget else "ok")
@@ -36,7 +36,7 @@ def render_table(reports: list[SourceHealth], now: datetime) -> str:
             state += " (failing)"
         lines.append(
             f"{r.source_id:<16} {'yes' if r.enabled else 'no':<7} {r.mode:<13} {_age(r.lag_s):>8} {_age(r.lag_budget_s):>7} "
-            f"{r.last_success or 'never':<20} {r.missing_windows:>7} {r.conflicts:>9}  {state}"
+            f"{r.last_success or 'never':<20} {r.missing_windows:>7} {r.conflicts:>9} {r.held:>5}  {state}"
         )
         if r.last_error:
             lines.append(f"{'':<16} last error: {r.last_error}")
