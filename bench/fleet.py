@@ -198,7 +198,7 @@ def run_fleet(args) -> dict:
         import dagster as dg
 
         from billing_assets.definitions import defs
-        from billing_assets.defs.ops.source_partitions import sync_instance
+        from billing_assets.defs.automation.source_partitions import sync_instance
         from billing_assets.defs.partitions import billing_partitions
         from billing_assets.registry.model import load_registry
         from billing_assets.storage.engine import migrate, get_engine
@@ -235,7 +235,7 @@ def _bench_status_warmer(instance, url: str) -> dict:
     (as when the daily start moves), the sensor rebuilds it, then the UI query runs."""
     import dagster as dg
 
-    from billing_assets.defs.ops.partition_status_sensor import BILLING_ASSET_KEYS, partition_status_sensor
+    from billing_assets.defs.automation.partition_status_sensor import BILLING_ASSET_KEYS, partition_status_sensor
 
     instance.wipe_asset_cached_status(BILLING_ASSET_KEYS)
     tick, _ = _timed(partition_status_sensor, dg.build_sensor_context(instance=instance))
@@ -249,9 +249,9 @@ def _bench_status_warmer(instance, url: str) -> dict:
 
 def _bench_sensor(instance) -> float | None:
     try:
-        from billing_assets.defs.ops.collection_sensor import collection_sensor
+        from billing_assets.defs.automation.collection_sensor import collection_sensor
     except ImportError:
-        print("  collection sensor: pending (billing_assets.defs.ops.collection_sensor not present)", flush=True)
+        print("  collection sensor: pending (billing_assets.defs.automation.collection_sensor not present)", flush=True)
         return None
     import dagster as dg
 
@@ -296,7 +296,7 @@ def _bench_reconcile_cli(env: dict, now) -> float:
 def _bench_reconcile_submit(instance, source_ids: list[str], now) -> float:
     """`billing reconcile`'s path: `submit_reconcile_backfill` per source, 2 hours each, in process."""
     from billing_assets.definitions import defs
-    from billing_assets.defs.ops.reconcile import submit_reconcile_backfill
+    from billing_assets.defs.automation.reconcile import submit_reconcile_backfill
 
     end = now - timedelta(hours=1)
     began = time.perf_counter()
@@ -309,7 +309,7 @@ def _bench_reconcile_submit(instance, source_ids: list[str], now) -> float:
 
 def _bench_backfill(url: str, source_ids: list[str], now) -> float:
     """Reconcile = a partition backfill of 2 hours x every source, submitted like the UI does."""
-    from billing_assets.cli.runs import BILLING_ASSETS
+    from billing_assets.defs.runs import BILLING_ASSETS
     from billing_assets.defs.partitions import partition_key
 
     end = now - timedelta(hours=1)

@@ -50,7 +50,7 @@ def table_rows(database_url: str) -> dict[str, int]:
 
 
 def _run_range(defs, instance, source_id: str, start: datetime, end: datetime) -> tuple[float, dict[str, float]]:
-    from billing_assets.cli.runs import materialize_range
+    from billing_assets.defs.runs import materialize_range
 
     began = time.perf_counter()
     result = materialize_range(defs, instance, source_id, start, end, raise_on_error=False, log_level="WARNING")
@@ -65,7 +65,7 @@ def _prepare(job: dict):
     import dagster as dg
 
     from billing_assets.definitions import defs
-    from billing_assets.defs.ops.source_partitions import sync_instance
+    from billing_assets.defs.automation.source_partitions import sync_instance
     from billing_assets.registry.model import load_registry
     from billing_assets.storage.engine import get_engine, migrate
 

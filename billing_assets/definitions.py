@@ -12,7 +12,7 @@ from billing_assets.defs import event_volume
 from billing_assets.defs.health import definitions as health
 from billing_assets.defs.ingest import definitions as ingest
 from billing_assets.defs.ledger import definitions as ledger
-from billing_assets.defs.ops import definitions as ops
+from billing_assets.defs.automation import definitions as ops
 from billing_assets.defs.resources import BillingStore
 from billing_assets.defs.usage import definitions as usage
 

@@ -71,7 +71,7 @@ class BillingEnv:
         return fetch_slice(self.engine, source, Slice(source_id, start, end), retry=retry)
 
     def sync_partitions(self) -> None:
-        from billing_assets.defs.ops.source_partitions import sync_instance
+        from billing_assets.defs.automation.source_partitions import sync_instance
         from billing_assets.registry.model import load_registry
 
         sync_instance(self.instance(), load_registry(self.sources_file))

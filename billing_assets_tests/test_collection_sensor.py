@@ -12,10 +12,10 @@ from datetime import timedelta
 import pytest
 
 from billing_assets.core.timeutil import MINUTE, floor_minute, now_utc
-from billing_assets.defs.ops import clock
-from billing_assets.defs.ops.collection_sensor import collection_sensor
-from billing_assets.defs.ops.due_windows import due_range, retry_after
-from billing_assets.defs.ops.run_tags import SOURCE_TAG
+from billing_assets.defs.automation import clock
+from billing_assets.defs.automation.collection_sensor import collection_sensor
+from billing_assets.defs.automation.due_windows import due_range, retry_after
+from billing_assets.defs.runs import SOURCE_TAG
 from billing_assets.exporter import Faults
 from billing_assets.storage import checkpoints
 from billing_assets_tests.support.db import buckets_by_key, ledger_sums, nonzero

@@ -83,7 +83,7 @@ def worker_main(argv: list[str]) -> None:
     if mode == "dagster":
         import dagster as dg
 
-        from billing_assets.cli.runs import materialize_range
+        from billing_assets.defs.runs import materialize_range
         from billing_assets.definitions import defs
         from billing_assets.defs.partitions import SOURCES_PARTITION
 

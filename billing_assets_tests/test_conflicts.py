@@ -13,7 +13,7 @@ from datetime import timedelta
 import dagster as dg
 from sqlalchemy import select
 
-from billing_assets.cli.runs import materialize_range, range_tags
+from billing_assets.defs.runs import materialize_range, range_tags
 from billing_assets.core.pricing import DEFAULT_PRICING
 from billing_assets.definitions import defs
 from billing_assets.defs.ledger.checks import ledger_matches_buckets

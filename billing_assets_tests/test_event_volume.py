@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import dagster as dg
 
-from billing_assets.cli.runs import BILLING_ASSETS, materialize_range
+from billing_assets.defs.runs import BILLING_ASSETS, materialize_range
 from billing_assets.defs import event_volume
 from billing_assets.definitions import defs
 

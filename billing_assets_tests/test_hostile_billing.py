@@ -19,7 +19,7 @@ import pytest
 from sqlalchemy import select, text
 
 from billing_assets.cli.main import main as billing
-from billing_assets.cli.runs import materialize_range
+from billing_assets.defs.runs import materialize_range
 from billing_assets.definitions import defs
 from billing_assets.pipeline.fetch import fetch_slice
 from billing_assets.pipeline.slices import Slice

@@ -19,13 +19,13 @@ import pytest
 from sqlalchemy import func, select
 
 from billing_assets.cli.main import main
-from billing_assets.cli.runs import materialize_range
+from billing_assets.defs.runs import materialize_range
 from billing_assets.core.timeutil import floor_minute, format_rfc3339, now_utc
 from billing_assets.definitions import defs
-from billing_assets.defs.ops import clock
-from billing_assets.defs.ops.collection_sensor import collection_sensor
-from billing_assets.defs.ops.legacy_sensor import legacy_latest_sensor
-from billing_assets.defs.ops.source_partitions import sync_instance
+from billing_assets.defs.automation import clock
+from billing_assets.defs.automation.collection_sensor import collection_sensor
+from billing_assets.defs.automation.legacy_sensor import legacy_latest_sensor
+from billing_assets.defs.automation.source_partitions import sync_instance
 from billing_assets.defs.resources import BillingStore
 from billing_assets.exporter import Faults
 from billing_assets.registry.legacy import legacy_source_from_env

@@ -16,7 +16,7 @@ import dagster as dg
 import pytest
 from sqlalchemy import text
 
-from billing_assets.cli.runs import materialize_range
+from billing_assets.defs.runs import materialize_range
 from billing_assets.core.timeutil import MINUTE
 from billing_assets.definitions import defs
 from billing_assets.defs.partitions import SERVER_GRACE, build_minute_partitions

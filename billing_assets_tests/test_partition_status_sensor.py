@@ -13,9 +13,9 @@ from datetime import timedelta
 import dagster as dg
 from dagster._core.definitions.partitions.context import partition_loading_context
 
-from billing_assets.cli.runs import materialize_range
+from billing_assets.defs.runs import materialize_range
 from billing_assets.definitions import defs
-from billing_assets.defs.ops.partition_status_sensor import BILLING_ASSET_KEYS, partition_status_sensor
+from billing_assets.defs.automation.partition_status_sensor import BILLING_ASSET_KEYS, partition_status_sensor
 from billing_assets.defs.partitions import billing_partitions, partition_key
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-from billing_assets.cli.runs import materialize_range
+from billing_assets.defs.runs import materialize_range
 from billing_assets.definitions import defs
 from billing_assets_tests.support.db import buckets_by_key, ledger_rows, ledger_sums, nonzero
 from billing_assets_tests.support.oracle import exporter_samples, expected_buckets, within

@@ -16,7 +16,7 @@ import pytest
 from alembic import command
 from sqlalchemy import func, select, text
 
-from billing_assets.cli.runs import materialize_range
+from billing_assets.defs.runs import materialize_range
 from billing_assets.core.timeutil import floor_minute, now_utc
 from billing_assets.definitions import defs
 from billing_assets.storage import pruning

@@ -11,11 +11,11 @@ from datetime import timedelta
 
 import pytest
 
-from billing_assets.cli.runs import materialize_range
+from billing_assets.defs.runs import materialize_range
 from billing_assets.core.timeutil import MINUTE, floor_minute, now_utc
 from billing_assets.definitions import defs
-from billing_assets.defs.ops.reconcile import submit_reconcile_backfill
-from billing_assets.defs.ops.run_tags import SOURCE_TAG, TRIGGER_TAG
+from billing_assets.defs.automation.reconcile import submit_reconcile_backfill
+from billing_assets.defs.runs import SOURCE_TAG, TRIGGER_TAG
 from billing_assets.exporter import Faults
 from billing_assets_tests.support.daemons import drive_backfill, write_test_instance_yaml
 from billing_assets_tests.support.db import buckets_by_key, ledger_rows, ledger_sums, nonzero

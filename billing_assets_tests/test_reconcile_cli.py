@@ -11,7 +11,7 @@ from datetime import timedelta
 
 from billing_assets.cli.main import main
 from billing_assets.core.timeutil import format_rfc3339
-from billing_assets.defs.ops.run_tags import SOURCE_TAG, TRIGGER_TAG
+from billing_assets.defs.runs import SOURCE_TAG, TRIGGER_TAG
 
 MINUTES = 30
 
@@ -73,8 +73,8 @@ def test_reconcile_schedule_requests_the_trailing_horizon_per_enabled_window_sou
     import dagster as dg
 
     from billing_assets.core.timeutil import MINUTE, floor_minute
-    from billing_assets.defs.ops import clock
-    from billing_assets.defs.ops.reconcile import reconcile_schedule
+    from billing_assets.defs.automation import clock
+    from billing_assets.defs.automation.reconcile import reconcile_schedule
     from billing_assets.defs.resources import BillingStore
 
     now = recent_hour + timedelta(hours=2, seconds=20)

@@ -30,7 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from sqlalchemy import select
 
-from billing_assets.cli.runs import materialize_range
+from billing_assets.defs.runs import materialize_range
 from billing_assets.core.pricing import DEFAULT_PRICING
 from billing_assets.definitions import defs
 from billing_assets.defs.partitions import SOURCES_PARTITION

@@ -19,7 +19,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from billing_assets.cli.main import main as billing_cli
-from billing_assets.cli.runs import materialize_range
+from billing_assets.defs.runs import materialize_range
 from billing_assets.definitions import defs
 from billing_assets.storage.schema import source_checkpoints
 from billing_assets_tests.support.outcomes import everything_dagster_recorded, failure_text, nothing_written

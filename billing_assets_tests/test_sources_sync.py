@@ -10,8 +10,8 @@ import dagster as dg
 import yaml
 
 from billing_assets.cli.main import main
-from billing_assets.defs.ops.source_partitions import partition_changes
-from billing_assets.defs.ops.sources_sensor import exporter_sources_sensor
+from billing_assets.defs.automation.source_partitions import partition_changes
+from billing_assets.defs.automation.sources_sensor import exporter_sources_sensor
 from billing_assets.defs.partitions import SOURCES_PARTITION
 from billing_assets.defs.resources import BillingStore
 
@@ -69,7 +69,7 @@ def test_cli_sync_rejects_a_bad_entry_by_name_and_changes_nothing(billing_env, r
 
 
 def test_a_removed_source_keeps_its_partition_while_a_run_of_it_is_unfinished(billing_env, recent_hour):
-    from billing_assets.defs.ops.run_tags import SOURCE_TAG
+    from billing_assets.defs.runs import SOURCE_TAG
 
     billing_env.fleet.start("a-1", billing_start=recent_hour)
     billing_env.fleet.start("b-1", billing_start=recent_hour, seed=2)

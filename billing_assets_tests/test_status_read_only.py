@@ -28,7 +28,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
-from billing_assets.cli.runs import materialize_range
+from billing_assets.defs.runs import materialize_range
 from billing_assets.core.timeutil import floor_minute, now_utc
 from billing_assets.definitions import defs
 from billing_assets.defs.resources import BillingStore
@@ -199,7 +199,7 @@ def test_the_collection_sensor_reads_a_never_migrated_database_without_creating_
     instead of creating the schema themselves or failing on a missing table."""
     import dagster as dg
 
-    from billing_assets.defs.ops.collection_sensor import collection_sensor
+    from billing_assets.defs.automation.collection_sensor import collection_sensor
 
     billing_env.fleet.start("ro-1", billing_start=recent_hour, users=2)
     billing_env.write_registry()

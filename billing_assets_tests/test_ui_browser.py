@@ -24,7 +24,7 @@ import pytest
 import yaml
 from sqlalchemy import func, select
 
-from billing_assets.cli.runs import materialize_range
+from billing_assets.defs.runs import materialize_range
 from billing_assets.core.timeutil import MINUTE_KEY_FORMAT, floor_minute, now_utc
 from billing_assets.definitions import defs
 from billing_assets.storage.engine import get_engine, migrate, reset_caches
@@ -114,7 +114,7 @@ def ui_project(tmp_path_factory):
 
             import dagster as dg
 
-            from billing_assets.defs.ops.source_partitions import sync_instance
+            from billing_assets.defs.automation.source_partitions import sync_instance
             from billing_assets.registry.model import load_registry
 
             instance = dg.DagsterInstance.get()
@@ -238,7 +238,7 @@ def test_conflicting_window_check_failed_on_its_partition_and_passed_on_another(
     open_page(browser, ui_project.page_url("/assets/usage_samples?view=checks"))
     page.get_by_text("no_conflicting_deliveries", exact=True).filter(visible=True).first.click()
     page.get_by_text("Partitions", exact=True).filter(visible=True).last.click()
-    page.wait_for_load_state("networkidle")
+    page.get_by_text(re.compile(r"^Missing \(")).filter(visible=True).first.wait_for()
     browser.screenshot("no_conflicting_deliveries-partitions")
     text = body_text(page)
     assert re.search(r"Failed \(1\)", text), "exactly the conflicting window is red"
@@ -280,7 +280,7 @@ def test_ui_replay_of_one_source_range_runs_once_queued_behind_its_source(ui_pro
     first, last = ui_project.start, ui_project.start + (RANGE_MINUTES - 1) * MINUTE
     with daemon(ui_project.dagster_home, ui_project.root / "logs"):
         open_page(browser, ui_project.page_url(f"/assets/usage_minute_buckets?view=partitions&partition={ui_project.key(first, 'eu-1')}"))
-        page.get_by_role("button", name=re.compile(r"^Materialize")).first.click()
+        page.get_by_role("button", name="Materialize", exact=False).first.click()
         dialog = page.get_by_role("dialog")
         minute_input = dialog.locator("input").first
         minute_input.fill(f"[{first.strftime(MINUTE_KEY_FORMAT)}...{last.strftime(MINUTE_KEY_FORMAT)}]")

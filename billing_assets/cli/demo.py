@@ -84,9 +84,9 @@ def run_demo(minutes: int = 30, sources: int = 2, users: int = 50, workdir: str 
 def _materialize_and_report(entries: list[dict], start, end, started: float) -> int:
     import dagster as dg
 
-    from billing_assets.cli.runs import materialize_range
+    from billing_assets.defs.runs import materialize_range
     from billing_assets.cli.summary import human_bytes, source_totals
-    from billing_assets.defs.ops.source_partitions import sync_instance
+    from billing_assets.defs.automation.source_partitions import sync_instance
     from billing_assets.defs.resources import BillingStore
     from billing_assets.definitions import defs
     from billing_assets.registry.model import load_registry

@@ -9,7 +9,7 @@ import sys
 def _sources_sync(args) -> int:
     import dagster as dg
 
-    from billing_assets.defs.ops.source_partitions import sync_instance
+    from billing_assets.defs.automation.source_partitions import sync_instance
     from billing_assets.defs.resources import sources_file
     from billing_assets.registry.model import RegistryError, load_registry
 

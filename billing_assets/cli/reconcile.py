@@ -23,7 +23,7 @@ def run_reconcile(
 
     from billing_assets.core.timeutil import format_rfc3339, parse_rfc3339
     from billing_assets.definitions import defs
-    from billing_assets.defs.ops.reconcile import (
+    from billing_assets.defs.automation.reconcile import (
         ReconcileError,
         reconcile_window,
         require_registered,

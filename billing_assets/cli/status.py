@@ -13,7 +13,7 @@ import json
 import sys
 from datetime import datetime
 
-from billing_assets.defs.health.source_health import SourceHealth
+from billing_assets.reports.source_health import SourceHealth
 
 
 def _age(seconds: float | None) -> str:
@@ -47,9 +47,9 @@ def render_table(reports: list[SourceHealth], now: datetime) -> str:
 
 def run_status(as_json: bool = False) -> int:
     from billing_assets.core.timeutil import format_rfc3339
-    from billing_assets.defs.health.source_health import source_health
-    from billing_assets.defs.ops import clock
-    from billing_assets.defs.ops.settings import CollectSettings
+    from billing_assets.reports.source_health import source_health
+    from billing_assets.defs.automation import clock
+    from billing_assets.defs.automation.settings import CollectSettings
     from billing_assets.defs.partitions import earliest_window
     from billing_assets.defs.resources import BillingStore
     from billing_assets.registry.model import RegistryError

@@ -42,6 +42,11 @@ def floor_minute(dt: datetime) -> datetime:
     return utc(dt).replace(second=0, microsecond=0)
 
 
+def ceil_minute(dt: datetime) -> datetime:
+    floored = floor_minute(dt)
+    return floored if floored == dt else floored + MINUTE
+
+
 def minute_key(dt: datetime) -> str:
     return floor_minute(dt).strftime(MINUTE_KEY_FORMAT)
 

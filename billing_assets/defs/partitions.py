@@ -29,6 +29,7 @@ from datetime import datetime, timedelta
 
 import dagster as dg
 
+from billing_assets.defs.dagster_internals import loading_in_run_worker
 from billing_assets.core.timeutil import MINUTE_KEY_FORMAT, format_rfc3339, now_utc, parse_duration, parse_minute_key
 from billing_assets.pipeline.dedup import DEFAULT_DEDUP_HORIZON
 from billing_assets.pipeline.slices import Slice, merge_minutes
@@ -60,18 +61,6 @@ def partitions_start(now: datetime | None = None, *, worker: bool = False) -> st
     return start.strftime(MINUTE_KEY_FORMAT)
 
 
-def _loading_in_run_worker() -> bool:
-    """True when Dagster is reconstructing the code location (a run or step worker).
-
-    Dagster sets its load context before it imports the module, in the code
-    server (INITIALIZATION) as in the run worker (RECONSTRUCTION); a plain
-    import (tests, `dagster asset materialize`, `billing`) counts as a first load.
-    """
-    from dagster._core.definitions.definitions_load_context import DefinitionsLoadContext, DefinitionsLoadType
-
-    return DefinitionsLoadContext.is_set() and DefinitionsLoadContext.get().load_type == DefinitionsLoadType.RECONSTRUCTION
-
-
 def build_minute_partitions(now: datetime | None = None, *, worker: bool = False) -> dg.TimeWindowPartitionsDefinition:
     return dg.TimeWindowPartitionsDefinition(
         cron_schedule="* * * * *", fmt=MINUTE_KEY_FORMAT, start=partitions_start(now, worker=worker), timezone="UTC", end_offset=0
@@ -88,7 +77,7 @@ def earliest_window(now: datetime | None = None) -> datetime:
     return max(earliest, minute_partitions.start)
 
 
-minute_partitions = build_minute_partitions(worker=_loading_in_run_worker())
+minute_partitions = build_minute_partitions(worker=loading_in_run_worker())
 source_partitions = dg.DynamicPartitionsDefinition(name=SOURCES_PARTITION)
 billing_partitions = dg.MultiPartitionsDefinition({"minute": minute_partitions, "source": source_partitions})
 

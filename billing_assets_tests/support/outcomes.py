@@ -9,7 +9,7 @@ from datetime import datetime
 import dagster as dg
 from sqlalchemy import func, select
 
-from billing_assets.cli.runs import materialize_range
+from billing_assets.defs.runs import materialize_range
 from billing_assets.definitions import defs
 from billing_assets.storage import checkpoints
 from billing_assets.storage.schema import (

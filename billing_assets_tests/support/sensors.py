@@ -13,7 +13,7 @@ QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
 
 class FakeClock:
-    """A `now()` the test sets; shared by the sensors (`defs.ops.clock`) and reference exporters."""
+    """A `now()` the test sets; shared by the sensors (`defs.automation.clock`) and reference exporters."""
 
     def __init__(self, now: datetime) -> None:
         self.now = now

@@ -1,5 +1,5 @@
 import dagster as dg
 
-from billing_assets.defs.health.checks import health_job, health_schedule, source_health
+from billing_assets.defs.health.source_health import health_job, health_schedule, source_health
 
 defs = dg.Definitions(assets=[source_health], jobs=[health_job], schedules=[health_schedule])

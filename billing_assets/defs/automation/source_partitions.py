@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import dagster as dg
 
-from billing_assets.defs.ops.run_tags import has_unfinished_run
+from billing_assets.defs.runs import has_unfinished_run
 from billing_assets.defs.partitions import SOURCES_PARTITION
 from billing_assets.registry.model import Registry
 

@@ -1,6 +1,6 @@
 import dagster as dg
 
-from billing_assets.defs.ops.source_partitions import desired_partitions, hold_back_busy, partition_changes
+from billing_assets.defs.automation.source_partitions import desired_partitions, hold_back_busy, partition_changes
 from billing_assets.defs.partitions import SOURCES_PARTITION, source_partitions
 from billing_assets.defs.resources import BillingStore
 from billing_assets.registry.model import RegistryError

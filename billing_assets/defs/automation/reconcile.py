@@ -10,20 +10,16 @@ where a bucket's value changed.
 
 from __future__ import annotations
 
-import time
 import uuid
 from datetime import datetime
 
 import dagster as dg
-from dagster._core.execution.backfill import PartitionBackfill
 
-from billing_assets.cli.runs import BILLING_ASSETS
-from billing_assets.core.timeutil import MINUTE, floor_minute, format_rfc3339
-from billing_assets.defs.ops import clock
-from billing_assets.defs.ops.collection_sensor import range_request
-from billing_assets.defs.ops.due_windows import ceil_minute
-from billing_assets.defs.ops.run_tags import source_tags
-from billing_assets.defs.ops.settings import CollectSettings, reconcile_horizon
+from billing_assets.core.timeutil import MINUTE, ceil_minute, floor_minute, format_rfc3339
+from billing_assets.defs.automation import clock
+from billing_assets.defs.runs import BILLING_ASSETS, range_request, source_tags
+from billing_assets.defs.dagster_internals import add_asset_backfill
+from billing_assets.defs.automation.settings import CollectSettings, reconcile_horizon
 from billing_assets.defs.partitions import SOURCES_PARTITION, earliest_window, partition_key
 from billing_assets.defs.resources import BillingStore
 from billing_assets.registry.model import RegistryError, Source
@@ -74,22 +70,11 @@ def submit_reconcile_backfill(
     while minute < end:
         keys.append(partition_key(minute, source_id))
         minute += MINUTE
-    backfill_id = uuid.uuid4().hex[:8]
-    backfill = PartitionBackfill.from_asset_partitions(
-        backfill_id=backfill_id,
-        asset_graph=defs.resolve_asset_graph(),
-        partition_names=keys,
-        asset_selection=[dg.AssetKey(name) for name in BILLING_ASSETS],
-        backfill_timestamp=time.time(),
-        tags=source_tags(source_id, "reconcile"),
-        dynamic_partitions_store=instance,
-        all_partitions=False,
+    return add_asset_backfill(
+        instance, defs, uuid.uuid4().hex[:8], keys, BILLING_ASSETS, source_tags(source_id, "reconcile"),
         title=f"reconcile {source_id} [{format_rfc3339(start)}, {format_rfc3339(end)})",
         description="billing reconcile: re-materialize a range; the ledger changes only by corrections",
-        run_config=None,
     )
-    instance.add_backfill(backfill)
-    return backfill_id
 
 
 @dg.schedule(

@@ -20,12 +20,11 @@ import json
 
 import dagster as dg
 
-from billing_assets.cli.runs import BILLING_ASSETS, range_tags
-from billing_assets.core.timeutil import floor_minute, format_rfc3339, parse_rfc3339
-from billing_assets.defs.ops import clock
-from billing_assets.defs.ops.due_windows import ceil_minute
-from billing_assets.defs.ops.run_tags import load_cursor
-from billing_assets.defs.ops.run_tags import has_unfinished_run, source_tags
+from billing_assets.defs.runs import BILLING_ASSETS, range_tags
+from billing_assets.core.timeutil import ceil_minute, floor_minute, format_rfc3339, parse_rfc3339
+from billing_assets.defs.automation import clock
+from billing_assets.defs.automation.sensor_cursor import load_cursor
+from billing_assets.defs.runs import has_unfinished_run, source_tags
 from billing_assets.defs.partitions import SOURCES_PARTITION, earliest_window
 from billing_assets.defs.resources import BillingStore
 from billing_assets.pipeline.legacy import PULLED_MODES, pull_latest

@@ -13,13 +13,12 @@ import json
 
 import dagster as dg
 
-from billing_assets.cli.runs import BILLING_ASSETS, range_tags
+from billing_assets.defs.runs import BILLING_ASSETS, has_unfinished_run, range_request
 from billing_assets.core.timeutil import format_rfc3339, parse_rfc3339
-from billing_assets.defs.ops import clock
-from billing_assets.defs.ops.due_windows import due_range, retry_after
-from billing_assets.defs.ops.run_tags import load_cursor
-from billing_assets.defs.ops.run_tags import has_unfinished_run, source_tags
-from billing_assets.defs.ops.settings import CollectSettings
+from billing_assets.defs.automation import clock
+from billing_assets.defs.automation.due_windows import due_range, retry_after
+from billing_assets.defs.automation.sensor_cursor import load_cursor
+from billing_assets.defs.automation.settings import CollectSettings
 from billing_assets.defs.partitions import SOURCES_PARTITION, earliest_window
 from billing_assets.defs.resources import BillingStore
 from billing_assets.registry.model import RegistryError
@@ -47,13 +46,6 @@ def _checkpoints(billing: BillingStore) -> dict[str, dict]:
         if error.current is None:
             return {}
         raise
-
-
-def range_request(source_id: str, start, end, trigger: str) -> dg.RunRequest:
-    return dg.RunRequest(
-        run_key=f"{trigger}:{source_id}:{format_rfc3339(start)}:{format_rfc3339(end)}",
-        tags={**range_tags(source_id, start, end), **source_tags(source_id, trigger)},
-    )
 
 
 @dg.sensor(

@@ -20,7 +20,7 @@ import time
 
 import dagster as dg
 
-from billing_assets.cli.runs import BILLING_ASSETS
+from billing_assets.defs.runs import BILLING_ASSETS
 from billing_assets.core.timeutil import MINUTE, floor_minute, now_utc
 from billing_assets.defs.partitions import SOURCES_PARTITION, billing_partitions, partition_key
 

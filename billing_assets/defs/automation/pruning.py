@@ -10,7 +10,7 @@ prune can drop whole) rather than in the DEFAULT one.
 
 import dagster as dg
 
-from billing_assets.defs.ops import clock
+from billing_assets.defs.automation import clock
 from billing_assets.defs.resources import BillingStore
 from billing_assets.storage.pruning import prune
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from billing_assets.core.timeutil import MINUTE, floor_minute
+from billing_assets.core.timeutil import MINUTE, ceil_minute, floor_minute
 
 
 @dataclass(frozen=True)
@@ -25,11 +25,6 @@ class DueRange:
     @property
     def minutes(self) -> int:
         return int((self.end - self.start) // MINUTE)
-
-
-def ceil_minute(value: datetime) -> datetime:
-    floored = floor_minute(value)
-    return floored if floored == value else floored + MINUTE
 
 
 def due_range(

@@ -1,0 +1,76 @@
+"""The only place this project touches Dagster's private API (`dagster._…`).
+
+Three things have no public form in Dagster 1.13:
+
+- adding an asset backfill from code (what the UI's "Launch backfill" does):
+  `billing reconcile` submits one per source so an operator can watch it;
+- knowing that the definitions are being loaded in a run worker
+  (reconstruction), which is how the rolling partition start stays ahead of
+  any key a long-lived code server offers (defs/partitions.py);
+- the names of the range tags a single-run backfill sets; they are plain
+  strings, spelled out here, and checked against Dagster's.
+
+`test_dagster_internals.py` exercises each against the installed Dagster, so
+an upgrade that moves or changes one fails there, loudly, and not in
+production.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import dagster as dg
+
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+UNFINISHED_RUN_STATUSES = (
+    dg.DagsterRunStatus.QUEUED,
+    dg.DagsterRunStatus.NOT_STARTED,
+    dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED,
+    dg.DagsterRunStatus.CANCELING,
+    dg.DagsterRunStatus.SUSPENDED,
+)
+
+
+def add_asset_backfill(
+    instance: dg.DagsterInstance,
+    defs: dg.Definitions,
+    backfill_id: str,
+    partition_keys: Sequence[str],
+    assets: Sequence[str],
+    tags: dict[str, str],
+    title: str,
+    description: str,
+) -> str:
+    """Submit an asset backfill of `partition_keys` of `assets`, as the UI would; returns its id."""
+    from dagster._core.execution.backfill import PartitionBackfill
+
+    backfill = PartitionBackfill.from_asset_partitions(
+        backfill_id=backfill_id,
+        asset_graph=defs.resolve_asset_graph(),
+        partition_names=list(partition_keys),
+        asset_selection=[dg.AssetKey(name) for name in assets],
+        backfill_timestamp=time.time(),
+        tags=tags,
+        dynamic_partitions_store=instance,
+        all_partitions=False,
+        title=title,
+        description=description,
+        run_config=None,
+    )
+    instance.add_backfill(backfill)
+    return backfill_id
+
+
+def loading_in_run_worker() -> bool:
+    """True when Dagster is reconstructing the code location (a run or step worker).
+
+    Dagster sets its load context before it imports the module, in the code
+    server (INITIALIZATION) as in the run worker (RECONSTRUCTION); a plain
+    import (tests, `dagster asset materialize`, `billing`) counts as a first load.
+    """
+    from dagster._core.definitions.definitions_load_context import DefinitionsLoadContext, DefinitionsLoadType
+
+    return DefinitionsLoadContext.is_set() and DefinitionsLoadContext.get().load_type == DefinitionsLoadType.RECONSTRUCTION

@@ -1,0 +1,1 @@
+"""Read-side reports for operators (`billing status`, the health checks): queries composed, no Dagster."""
