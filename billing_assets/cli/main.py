@@ -10,11 +10,11 @@ def _sources_sync(args) -> int:
     import dagster as dg
 
     from billing_assets.defs.automation.source_partitions import sync_instance
-    from billing_assets.defs.resources import sources_file
+    from billing_assets.settings import Settings
     from billing_assets.registry.model import RegistryError, load_registry
 
     try:
-        registry = load_registry(args.file or sources_file())
+        registry = load_registry(args.file or Settings.from_env().sources_file)
     except RegistryError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -49,7 +49,6 @@ def run_status(as_json: bool = False) -> int:
     from billing_assets.core.timeutil import format_rfc3339
     from billing_assets.reports.source_health import source_health
     from billing_assets.defs.automation import clock
-    from billing_assets.defs.automation.settings import CollectSettings
     from billing_assets.defs.partitions import earliest_window
     from billing_assets.defs.resources import BillingStore
     from billing_assets.registry.model import RegistryError
@@ -63,7 +62,7 @@ def run_status(as_json: bool = False) -> int:
         return 2
     now = clock.now()
     try:
-        reports = source_health(store.read_engine(), registry, now, CollectSettings.from_env().lag, earliest_window(now))
+        reports = source_health(store.read_engine(), registry, now, store.settings().collect_lag, earliest_window(now))
     except SchemaNotReady as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -24,15 +24,14 @@ to pin the start for every process (the benchmark does).
 
 from __future__ import annotations
 
-import os
 from datetime import datetime, timedelta
 
 import dagster as dg
 
 from billing_assets.defs.dagster_internals import loading_in_run_worker
-from billing_assets.core.timeutil import MINUTE_KEY_FORMAT, format_rfc3339, now_utc, parse_duration, parse_minute_key
-from billing_assets.pipeline.dedup import DEFAULT_DEDUP_HORIZON
+from billing_assets.core.timeutil import MINUTE_KEY_FORMAT, format_rfc3339, now_utc, parse_minute_key
 from billing_assets.pipeline.slices import Slice, merge_minutes
+from billing_assets.settings import Settings
 
 SOURCES_PARTITION = "exporter_sources"
 # The longest a code server may run without reloading its definitions and still
@@ -42,8 +41,7 @@ SERVER_GRACE = timedelta(days=2)
 
 def dedup_horizon() -> timedelta:
     """`BILLING_DEDUP_HORIZON` as `BillingStore.horizon()` reads it, for code that has no resource."""
-    raw = os.environ.get("BILLING_DEDUP_HORIZON")
-    return parse_duration(raw) if raw else DEFAULT_DEDUP_HORIZON
+    return Settings.from_env().dedup_horizon
 
 
 def _floor_day(moment: datetime) -> datetime:
@@ -52,7 +50,7 @@ def _floor_day(moment: datetime) -> datetime:
 
 def partitions_start(now: datetime | None = None, *, worker: bool = False) -> str:
     """First minute key of the partition space for a process loading definitions at `now`."""
-    pinned = os.environ.get("BILLING_PARTITIONS_START")
+    pinned = Settings.from_env().partitions_start
     if pinned:
         return pinned
     start = _floor_day((now or now_utc()) - dedup_horizon())

@@ -1,12 +1,15 @@
 """The one resource every asset uses: where the database, registry and prices are.
 
-All fields default to environment variables read at run time, so definitions
-load without touching the network, the database or any secret.
+Every field defaults to the environment's `Settings` (billing_assets/settings.py),
+read when the resource is used, so definitions load without touching the
+network, the database or any secret.
 """
 
 from __future__ import annotations
 
 import os
+from dataclasses import replace
+from datetime import timedelta
 
 import dagster as dg
 from sqlalchemy import Engine
@@ -16,14 +19,8 @@ from billing_assets.core.timeutil import parse_duration
 from billing_assets.registry.legacy import legacy_source_from_env
 from billing_assets.registry.model import Registry, load_registry
 from billing_assets.registry.pricing_file import load_pricing
-from billing_assets.storage.engine import database_url, get_engine, get_read_engine, migrate, require_schema
-
-DEFAULT_SOURCES_FILE = "sources.yaml"
-
-
-def sources_file() -> str:
-    return os.environ.get("BILLING_SOURCES_FILE") or DEFAULT_SOURCES_FILE
-
+from billing_assets.settings import Settings
+from billing_assets.storage.engine import get_engine, get_read_engine, migrate, require_schema
 
 class BillingStore(dg.ConfigurableResource):
     """Billing database, source registry and price list for a run."""
@@ -33,8 +30,22 @@ class BillingStore(dg.ConfigurableResource):
     pricing_file: str | None = None
     dedup_horizon: str | None = None
 
+    def settings(self) -> Settings:
+        """The environment's settings with this resource's fields (config, tests) taking precedence."""
+        settings = Settings.from_env()
+        overrides = {
+            name: value
+            for name, value in {
+                "database_url": self.database_url, "sources_file": self.sources_file, "pricing_file": self.pricing_file,
+            }.items()
+            if value
+        }
+        if self.dedup_horizon:
+            overrides["dedup_horizon"] = parse_duration(self.dedup_horizon)
+        return replace(settings, **overrides)
+
     def engine(self) -> Engine:
-        return migrate(get_engine(self.database_url or database_url()))
+        return migrate(get_engine(self.settings().database_url))
 
     def read_engine(self, *, require_head: bool = True) -> Engine:
         """For checks, status and sensors: an engine that cannot write or migrate.
@@ -45,12 +56,12 @@ class BillingStore(dg.ConfigurableResource):
         `SchemaNotReady` (a clear message) instead of failing later on a table;
         `require_head=False` skips that check for a caller that copes itself.
         """
-        url = self.database_url or database_url()
+        url = self.settings().database_url
         return require_schema(url) if require_head else get_read_engine(url)
 
     def registry(self) -> Registry:
         """The registry file; without one, the `EXPORTER_*` legacy source if `EXPORTER_BASE_URL` is set."""
-        path = self.sources_file or sources_file()
+        path = self.settings().sources_file
         if not os.path.exists(path):
             legacy = legacy_source_from_env(os.environ)
             if legacy is not None:
@@ -58,7 +69,7 @@ class BillingStore(dg.ConfigurableResource):
         return load_registry(path)
 
     def pricing(self) -> Pricing:
-        return load_pricing(self.pricing_file or os.environ.get("BILLING_PRICING_FILE"))
+        return load_pricing(self.settings().pricing_file)
 
-    def horizon(self):
-        return parse_duration(self.dedup_horizon or os.environ.get("BILLING_DEDUP_HORIZON") or "32d")
+    def horizon(self) -> timedelta:
+        return self.settings().dedup_horizon

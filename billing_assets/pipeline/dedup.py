@@ -10,10 +10,10 @@ from sqlalchemy import Engine
 from billing_assets.core.timeutil import now_utc
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.model import Source
+from billing_assets.settings import DEFAULT_DEDUP_HORIZON
 from billing_assets.storage.samples import DedupStats, dedup_staged
 from billing_assets.storage.sql import in_transaction_retrying_races
 
-DEFAULT_DEDUP_HORIZON = timedelta(days=32)
 
 
 def dedup_slice(

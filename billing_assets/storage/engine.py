@@ -13,7 +13,6 @@ or directory and on a replica or a SELECT-only role.
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 
@@ -21,7 +20,8 @@ from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
 
-DEFAULT_URL = "sqlite:///.billing/billing.sqlite"
+from billing_assets.settings import Settings
+
 MIGRATIONS = Path(__file__).parent / "migrations"
 _engines: dict[str, Engine] = {}
 _read_engines: dict[str, Engine] = {}
@@ -31,7 +31,7 @@ _lock = threading.Lock()
 
 
 def database_url() -> str:
-    return os.environ.get("BILLING_DATABASE_URL") or DEFAULT_URL
+    return Settings.from_env().database_url
 
 
 def redact_url(url: str) -> str:

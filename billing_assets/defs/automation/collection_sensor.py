@@ -18,7 +18,7 @@ from billing_assets.core.timeutil import format_rfc3339, parse_rfc3339
 from billing_assets.defs.automation import clock
 from billing_assets.defs.automation.due_windows import due_range, retry_after
 from billing_assets.defs.automation.sensor_cursor import load_cursor
-from billing_assets.defs.automation.settings import CollectSettings
+from billing_assets.settings import Settings
 from billing_assets.defs.partitions import SOURCES_PARTITION, earliest_window
 from billing_assets.defs.resources import BillingStore
 from billing_assets.registry.model import RegistryError
@@ -63,7 +63,7 @@ def collection_sensor(context: dg.SensorEvaluationContext, billing: BillingStore
         registry = billing.registry()
     except RegistryError as error:
         return dg.SkipReason(f"registry not loaded: {error}")
-    settings = CollectSettings.from_env()
+    settings = Settings.from_env()
     now = clock.now()
     registered = set(context.instance.get_dynamic_partitions(SOURCES_PARTITION))
     marks = _checkpoints(billing)
@@ -76,7 +76,7 @@ def collection_sensor(context: dg.SensorEvaluationContext, billing: BillingStore
             continue
         mark = marks.get(sid) or {}
         last = parse_rfc3339(requested[sid]) if sid in requested else None
-        wait_until = retry_after(last, int(mark.get("consecutive_failures") or 0), source.collect_interval, settings.max_backoff)
+        wait_until = retry_after(last, int(mark.get("consecutive_failures") or 0), source.collect_interval, settings.collect_max_backoff)
         if wait_until is not None and now < wait_until:
             notes.append(f"{sid}: backing off until {format_rfc3339(wait_until)}")
             continue
@@ -85,9 +85,9 @@ def collection_sensor(context: dg.SensorEvaluationContext, billing: BillingStore
             billing_start=source.billing_start,
             partitions_start=earliest_window(now),
             now=now,
-            lag=settings.lag,
-            overlap=settings.overlap,
-            max_range=settings.max_range,
+            lag=settings.collect_lag,
+            overlap=settings.collect_overlap,
+            max_range=settings.collect_max_range,
             min_new=source.collect_interval,
         )
         if due is None:

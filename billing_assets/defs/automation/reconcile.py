@@ -19,7 +19,7 @@ from billing_assets.core.timeutil import MINUTE, ceil_minute, floor_minute, form
 from billing_assets.defs.automation import clock
 from billing_assets.defs.runs import BILLING_ASSETS, range_request, source_tags
 from billing_assets.defs.dagster_internals import add_asset_backfill
-from billing_assets.defs.automation.settings import CollectSettings, reconcile_horizon
+from billing_assets.settings import Settings
 from billing_assets.defs.partitions import SOURCES_PARTITION, earliest_window, partition_key
 from billing_assets.defs.resources import BillingStore
 from billing_assets.registry.model import RegistryError, Source
@@ -89,14 +89,15 @@ def reconcile_schedule(context: dg.ScheduleEvaluationContext, billing: BillingSt
         registry = billing.registry()
     except RegistryError as error:
         return dg.SkipReason(f"registry not loaded: {error}")
-    until = clock.now() - CollectSettings.from_env().lag
+    settings = Settings.from_env()
+    until = clock.now() - settings.collect_lag
     registered = set(context.instance.get_dynamic_partitions(SOURCES_PARTITION))
     requests = []
     for source in registry.enabled:
         if source.source_id not in registered or source.mode == "legacy_latest":
             continue
         try:
-            start, end = reconcile_window(source, until - reconcile_horizon(), until)
+            start, end = reconcile_window(source, until - settings.reconcile_horizon, until)
         except ReconcileError:
             continue
         requests.append(range_request(source.source_id, start, end, "reconcile"))

@@ -14,7 +14,7 @@ import dagster as dg
 
 from billing_assets.reports.source_health import SourceHealth, source_health as source_health_reports
 from billing_assets.defs.automation import clock
-from billing_assets.defs.automation.settings import CollectSettings
+from billing_assets.settings import Settings
 from billing_assets.defs.partitions import earliest_window
 from billing_assets.defs.resources import BillingStore
 
@@ -66,7 +66,7 @@ def source_health(billing: BillingStore) -> dg.MaterializeResult:
     reports = [
         report
         for report in source_health_reports(
-            billing.read_engine(), billing.registry(), clock.now(), CollectSettings.from_env().lag, earliest_window(clock.now())
+            billing.read_engine(), billing.registry(), clock.now(), Settings.from_env().collect_lag, earliest_window(clock.now())
         )
         if report.enabled
     ]
