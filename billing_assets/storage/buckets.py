@@ -20,7 +20,9 @@ from sqlalchemy import Connection
 
 from billing_assets.core.buckets import BUCKET_COLUMNS, BUCKET_KEY, SAMPLE_COLUMNS, SERIES
 from billing_assets.storage.schema import usage_minute_buckets
-from billing_assets.storage.sql import bulk_upsert, read_frame, time_column, time_param, time_select, typed
+from billing_assets.storage.bulk import bulk_upsert
+from billing_assets.storage.sql import read_frame, typed
+from billing_assets.storage.times import time_column, time_param, time_select
 
 _SAMPLE_SELECT = "{node_id}, {env}, {uuid}, {inbound_tag}, {collected_at}, {email}, {uplink_bytes_total}, {downlink_bytes_total}"
 

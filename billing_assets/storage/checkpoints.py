@@ -13,7 +13,7 @@ from datetime import datetime
 from sqlalchemy import Connection, select
 
 from billing_assets.storage.schema import source_checkpoints
-from billing_assets.storage.sql import upsert
+from billing_assets.storage.bulk import upsert
 
 
 def read_checkpoint(connection: Connection, source_id: str) -> dict | None:

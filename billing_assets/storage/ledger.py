@@ -15,7 +15,9 @@ from sqlalchemy import Connection
 from billing_assets.core.ledger import LEDGER_STATE_COLUMNS
 from billing_assets.core.pricing import Pricing, nanos_to_amount
 from billing_assets.storage.schema import billing_ledger
-from billing_assets.storage.sql import bulk_insert, frame, prefer_hash_joins, time_column, time_param, typed
+from billing_assets.storage.bulk import bulk_insert
+from billing_assets.storage.sql import frame, prefer_hash_joins, typed
+from billing_assets.storage.times import time_column, time_param
 
 _KEY_JOIN = "l.node_id = b.node_id AND l.env = b.env AND l.uuid = b.uuid AND l.inbound_tag = b.inbound_tag AND l.bucket_start = b.bucket_start"
 

@@ -18,7 +18,8 @@ from sqlalchemy import Connection, and_, func, select, update
 from billing_assets.core.buckets import HELD_COLUMNS, RELEASED_COLUMNS, SERIES
 from billing_assets.core.plausibility import describe_hold
 from billing_assets.storage.schema import usage_quarantine as q
-from billing_assets.storage.sql import read_frame, time_select, typed
+from billing_assets.storage.sql import read_frame, typed
+from billing_assets.storage.times import time_select
 
 # A hold this large is no counter anyone could have used; releasing it could
 # overflow a bucket. It stays held; fix the exporter instead.

@@ -18,7 +18,9 @@ from datetime import datetime
 
 from sqlalchemy import Connection
 
-from billing_assets.storage.sql import prefer_hash_joins, source_lock, typed
+from billing_assets.storage.sql import prefer_hash_joins, typed
+
+from billing_assets.storage.transactions import source_lock
 
 CONFLICT_REASON = "conflicting duplicate: same sample identity delivered with different totals; first delivery kept"
 

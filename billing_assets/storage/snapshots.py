@@ -17,7 +17,7 @@ from datetime import datetime
 from sqlalchemy import Connection, delete
 
 from billing_assets.storage.schema import exporter_pages, exporter_snapshot_rows
-from billing_assets.storage.sql import bulk_insert
+from billing_assets.storage.bulk import bulk_insert
 
 STAGED_COLUMNS = (
     "source_id",
@@ -43,7 +43,7 @@ def clear_staged(connection: Connection, source_id: str, since: datetime, until:
 
 
 def stage_rows(connection: Connection, rows: Iterable[tuple]) -> int:
-    """Append tuples in `STAGED_COLUMNS` order; times already via `sql.time_param`."""
+    """Append tuples in `STAGED_COLUMNS` order; times already via `times.time_param`."""
     return bulk_insert(connection, exporter_snapshot_rows.name, STAGED_COLUMNS, rows)
 
 

@@ -1,0 +1,111 @@
+"""Bulk writes inside the caller's transaction: COPY on PostgreSQL, executemany on SQLite.
+
+The row-at-a-time SQLAlchemy paths cost microseconds per value (dict
+building, TypeDecorator calls); at millions of samples per run that is the
+whole budget. Values are always sent as data (COPY rows or bound
+parameters); only identifiers from our own schema are spliced into SQL text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+
+from sqlalchemy import Connection
+from sqlalchemy.dialects import postgresql, sqlite
+
+from billing_assets.storage.dialect import is_postgres
+
+
+def upsert(connection: Connection, table, rows: list[dict], key: Sequence[str], update: Sequence[str]) -> None:
+    if not rows:
+        return
+    dialect = postgresql if connection.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(table)
+    statement = statement.on_conflict_do_update(
+        index_elements=list(key), set_={column: statement.excluded[column] for column in update}
+    )
+    connection.execute(statement, rows)
+
+
+def _driver_errors(connection: Connection):
+    """Driver exceptions re-raised as SQLAlchemy's, so callers' `except IntegrityError` keep working."""
+    from contextlib import contextmanager
+
+    from sqlalchemy import exc
+
+    @contextmanager
+    def translate(statement: str):
+        dbapi = connection.dialect.dbapi
+        try:
+            yield
+        except dbapi.IntegrityError as error:  # type: ignore[union-attr]
+            raise exc.IntegrityError(statement, None, error) from error
+        except dbapi.Error as error:  # type: ignore[union-attr]
+            raise exc.DBAPIError.instance(statement, None, error, dbapi.Error) from error
+
+    return translate
+
+
+def bulk_insert(connection: Connection, table: str, columns: Sequence[str], rows: Iterable[tuple]) -> int:
+    """Append rows (driver-ready tuples, times via `time_param`/`time_column`) in bulk."""
+    names = ", ".join(columns)
+    raw = connection.connection.driver_connection
+    written = 0
+    if is_postgres(connection):
+        statement = f"COPY {table} ({names}) FROM STDIN"
+        with _driver_errors(connection)(statement), raw.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+                written += 1
+        return written
+    return _executemany(connection, f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})", rows)
+
+
+def _executemany(connection: Connection, statement: str, rows: Iterable[tuple]) -> int:
+    """SQLite: one prepared statement over batches of driver-ready tuples."""
+    cursor = connection.connection.driver_connection.cursor()
+    written = 0
+    try:
+        with _driver_errors(connection)(statement):
+            for batch in _batches(rows, 20_000):
+                cursor.executemany(statement, batch)
+                written += len(batch)
+    finally:
+        cursor.close()
+    return written
+
+
+def bulk_upsert(
+    connection: Connection,
+    table: str,
+    columns: Sequence[str],
+    rows: Iterable[tuple],
+    key: Sequence[str],
+    update: Sequence[str],
+) -> int:
+    """Insert-or-update rows in bulk: COPY into a temporary table then one
+    INSERT … ON CONFLICT on PostgreSQL; executemany of the same upsert on SQLite."""
+    names = ", ".join(columns)
+    conflict = f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in update)
+    if not is_postgres(connection):
+        return _executemany(connection, f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))}) {conflict}", rows)
+    staging = f"_bulk_{table}"
+    connection.exec_driver_sql(f"DROP TABLE IF EXISTS {staging}")
+    connection.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE {staging} ON COMMIT DROP AS SELECT {names} FROM {table} WITH NO DATA"
+    )
+    written = bulk_insert(connection, staging, columns, rows)
+    connection.exec_driver_sql(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} {conflict}")
+    connection.exec_driver_sql(f"DROP TABLE {staging}")
+    return written
+
+
+def _batches(rows: Iterable[tuple], size: int) -> Iterator[list[tuple]]:
+    batch: list[tuple] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
