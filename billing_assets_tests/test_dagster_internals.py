@@ -5,6 +5,8 @@ If an upgrade moves or changes any of it, these fail first and say which.
 
 from __future__ import annotations
 
+import warnings
+
 import dagster as dg
 
 from billing_assets.defs import dagster_internals as internals
@@ -30,9 +32,11 @@ def test_an_asset_backfill_is_added_with_its_partitions_and_tags(billing_env, re
     instance = billing_env.instance()
     instance.add_dynamic_partitions(SOURCES_PARTITION, ["bf-1"])
     keys = [partition_key(recent_hour, "bf-1"), partition_key(recent_hour.replace(minute=recent_hour.minute + 1), "bf-1")]
-    backfill_id = internals.add_asset_backfill(
-        instance, defs, "abcd1234", keys, ["usage_samples"], {"billing/source": "bf-1"}, title="t", description="d"
-    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # the names path warned (AssetSelection.sources)
+        backfill_id = internals.add_asset_backfill(
+            instance, defs, "abcd1234", keys[0], keys[-1], ["usage_samples"], {"billing/source": "bf-1"}, title="t", description="d"
+        )
     backfill = instance.get_backfill(backfill_id)
     assert backfill.tags == {"billing/source": "bf-1"} and backfill.title == "t"
     covered = {str(p.partition_key) for p in backfill.asset_backfill_data.target_subset.iterate_asset_partitions()}

@@ -38,28 +38,35 @@ def add_asset_backfill(
     instance: dg.DagsterInstance,
     defs: dg.Definitions,
     backfill_id: str,
-    partition_keys: Sequence[str],
+    first_key: str,
+    last_key: str,
     assets: Sequence[str],
     tags: dict[str, str],
     title: str,
     description: str,
 ) -> str:
-    """Submit an asset backfill of `partition_keys` of `assets`, as the UI would; returns its id."""
+    """Submit an asset backfill of the keys [first_key, last_key] of `assets`, as the UI would; returns its id.
+
+    Built from partition ranges per asset (`from_partitions_by_assets`), not a
+    list of names: the names path calls Dagster's deprecated
+    `AssetSelection.sources()` and warns on every reconcile.
+    """
+    from dagster._core.definitions.selector import PartitionRangeSelector, PartitionsByAssetSelector, PartitionsSelector
     from dagster._core.execution.backfill import PartitionBackfill
 
-    backfill = PartitionBackfill.from_asset_partitions(
-        backfill_id=backfill_id,
-        asset_graph=defs.resolve_asset_graph(),
-        partition_names=list(partition_keys),
-        asset_selection=[dg.AssetKey(name) for name in assets],
-        backfill_timestamp=time.time(),
-        tags=tags,
-        dynamic_partitions_store=instance,
-        all_partitions=False,
-        title=title,
-        description=description,
-        run_config=None,
-    )
+    selection = PartitionsSelector(ranges=[PartitionRangeSelector(start=first_key, end=last_key)])
+    with dg.partition_loading_context(dynamic_partitions_store=instance):
+        backfill = PartitionBackfill.from_partitions_by_assets(
+            backfill_id=backfill_id,
+            asset_graph=defs.resolve_asset_graph(),
+            backfill_timestamp=time.time(),
+            tags=tags,
+            dynamic_partitions_store=instance,
+            partitions_by_assets=[PartitionsByAssetSelector(asset_key=dg.AssetKey(name), partitions=selection) for name in assets],
+            title=title,
+            description=description,
+            run_config=None,
+        )
     instance.add_backfill(backfill)
     return backfill_id
 

@@ -39,6 +39,25 @@ def range_request(source_id: str, start: datetime, end: datetime, trigger: str) 
     )
 
 
+def source_of_run(tags: dict[str, str]) -> str | None:
+    """The one source a run's Dagster partition tags name, or None (several, or none).
+
+    A single key carries `dagster/partition/source`; a single-run range carries
+    `minute|source` keys at both ends (Dagster splits a multi-source backfill
+    into one run per source, so both ends agree).
+    """
+    if tags.get(SOURCE_TAG):
+        return tags[SOURCE_TAG]
+    if tags.get("dagster/partition/source"):
+        return tags["dagster/partition/source"]
+    named = {
+        tags[tag].rsplit("|", 1)[1]
+        for tag in (RANGE_START_TAG, RANGE_END_TAG, "dagster/partition")
+        if "|" in tags.get(tag, "")
+    }
+    return named.pop() if len(named) == 1 else None
+
+
 def has_unfinished_run(instance: dg.DagsterInstance, source_id: str) -> bool:
     records = instance.get_run_records(
         filters=dg.RunsFilter(tags={SOURCE_TAG: source_id}, statuses=list(UNFINISHED_RUN_STATUSES)), limit=1

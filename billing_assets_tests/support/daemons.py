@@ -1,6 +1,6 @@
 """Running Dagster's own daemons in-process for a test: backfills and the run queue.
 
-The instance is configured like production's run queue (per-source tag limit)
+The instance is configured like production's run queue (our coordinator, per-source tag limit)
 but launches runs synchronously in this process, so a test can submit a
 backfill and observe its runs finish without a daemon process or timing.
 """
@@ -26,13 +26,16 @@ telemetry:
 run_launcher:
   module: dagster._core.launcher.sync_in_memory_run_launcher
   class: SyncInMemoryRunLauncher
-run_queue:
-  max_concurrent_runs: 4
-  tag_concurrency_limits:
-    - key: billing/source
-      value:
-        applyLimitPerUniqueValue: true
-      limit: 1
+run_coordinator:
+  module: billing_assets.defs.run_coordinator
+  class: BillingRunCoordinator
+  config:
+    max_concurrent_runs: 4
+    tag_concurrency_limits:
+      - key: billing/source
+        value:
+          applyLimitPerUniqueValue: true
+        limit: 1
 """
 
 

@@ -66,12 +66,9 @@ def submit_reconcile_backfill(
     """
     if not checked:
         require_registered(instance, [source_id])
-    keys, minute = [], start
-    while minute < end:
-        keys.append(partition_key(minute, source_id))
-        minute += MINUTE
     return add_asset_backfill(
-        instance, defs, uuid.uuid4().hex[:8], keys, BILLING_ASSETS, source_tags(source_id, "reconcile"),
+        instance, defs, uuid.uuid4().hex[:8], partition_key(start, source_id), partition_key(end - MINUTE, source_id),
+        BILLING_ASSETS, source_tags(source_id, "reconcile"),
         title=f"reconcile {source_id} [{format_rfc3339(start)}, {format_rfc3339(end)})",
         description="billing reconcile: re-materialize a range; the ledger changes only by corrections",
     )
