@@ -202,6 +202,7 @@ def test_partitions_page_shows_materialized_minute_source_partitions(ui_project,
     choose_in_list(page, minute.strftime(MINUTE_KEY_FORMAT))
     choose_in_list(page, "eu-1")
     page.get_by_text(ui_project.eu_run_id[:8], exact=True).filter(visible=True).first.wait_for()
+    assert re.search(re.escape(key) + r"\s*\n\s*Materialized", body_text(page)), f"{key} reads Materialized"
     browser.screenshot("usage_minute_buckets-chosen-partition")
 
 
