@@ -22,13 +22,27 @@ class FakeClock:
         return self.now
 
 
+def _merged(config: dict, extra: dict) -> dict:
+    """`config` with `extra` merged in, nested dicts key by key (a request's own values win)."""
+    merged = dict(extra)
+    for key, value in (config or {}).items():
+        merged[key] = _merged(value, merged[key]) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
 class SensorDriver:
-    """Evaluates one sensor like the daemon (cursor carried over) and runs what it requests in process."""
+    """Evaluates one sensor like the daemon (cursor carried over) and runs what it requests in process.
+
+    A request naming a job (`RunRequest(job_name=...)`, a sensor with several jobs) runs that job of
+    the definitions with the request's run config; one without runs the implicit asset job, as the
+    daemon runs a single-target sensor's asset selection. Either way with the request's tags.
+    """
 
     def __init__(self, instance: dg.DagsterInstance, sensor):
         self.instance, self.sensor, self.cursor = instance, sensor, None
         self.job = defs.resolve_implicit_global_asset_job_def()
         self.runs: list[tuple[dict, bool]] = []
+        self.job_names: list[str] = []
 
     @property
     def executed(self) -> list[dict]:
@@ -38,15 +52,21 @@ class SensorDriver:
         context = dg.build_sensor_context(
             instance=self.instance, cursor=self.cursor, resources={"billing": BillingStore()}, definitions=defs
         )
-        result = self.sensor(context)
-        if isinstance(result, dg.SkipReason):
-            return []
-        self.cursor = result.cursor or self.cursor
-        return list(result.run_requests or [])
+        # evaluate_tick, as the daemon does: it also checks each request's job_name against the sensor's jobs.
+        data = self.sensor.evaluate_tick(context)
+        self.cursor = data.cursor or self.cursor
+        return list(data.run_requests or [])
+
+    def job_for(self, request: dg.RunRequest) -> dg.JobDefinition:
+        return defs.resolve_job_def(request.job_name) if request.job_name else self.job
 
     def execute(self, request: dg.RunRequest) -> bool:
-        result = self.job.execute_in_process(instance=self.instance, tags=request.tags, raise_on_error=False, run_config=QUIET)
+        job = self.job_for(request)
+        result = job.execute_in_process(
+            instance=self.instance, tags=request.tags, raise_on_error=False, run_config=_merged(request.run_config, QUIET)
+        )
         self.runs.append((dict(request.tags), result.success))
+        self.job_names.append(job.name)
         return result.success
 
     def tick(self) -> list[bool]:
