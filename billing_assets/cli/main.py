@@ -7,11 +7,11 @@ import sys
 
 
 def _sources_sync(args) -> int:
-    import dagster as dg
-
+    from billing_assets.cli.instance import InstanceError, dagster_instance
+    from billing_assets.cli.sources import offline_problems
     from billing_assets.defs.automation.source_partitions import sync_instance
-    from billing_assets.settings import Settings
     from billing_assets.registry.model import RegistryError, load_registry
+    from billing_assets.settings import Settings
 
     try:
         registry = load_registry(args.file or Settings.from_env().sources_file)
@@ -19,13 +19,41 @@ def _sources_sync(args) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     if args.check:
-        print(f"registry ok: {len(registry.sources)} sources")
+        problems = offline_problems(registry)
+        for problem in problems:
+            print(f"error: {problem}", file=sys.stderr)
+        if problems:
+            return 2
+        print(f"registry ok: {len(registry.sources)} sources (CA bundles load, credentials resolve; `billing sources probe` tries the network)")
         return 0
-    changes = sync_instance(dg.DagsterInstance.get(), registry)
+    try:
+        instance = dagster_instance()
+    except InstanceError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    changes = sync_instance(instance, registry)
     print(f"exporter_sources: added {list(changes.add)}, removed {list(changes.remove)}; {len(registry.sources)} registered")
     if changes.held:
         print(f"exporter_sources: kept {list(changes.held)} (removed from the registry) until their queued or running runs end; sync again then")
     return 0
+
+
+def _sources_probe(args) -> int:
+    from billing_assets.cli.sources import probe
+    from billing_assets.registry.model import RegistryError, load_registry
+    from billing_assets.settings import Settings
+
+    try:
+        registry = load_registry(args.file or Settings.from_env().sources_file)
+    except RegistryError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    results = probe(registry)
+    for source_id, ok, detail in results:
+        print(f"{source_id:<24} {'ok  ' if ok else 'FAIL'} {detail}")
+    failed = [source_id for source_id, ok, _ in results if not ok]
+    print(f"\n{len(results)} probed, {len(failed)} failed" + (f": {', '.join(failed)}" if failed else ""))
+    return 1 if failed else 0
 
 
 def _demo(args) -> int:
@@ -73,8 +101,11 @@ def build_parser() -> argparse.ArgumentParser:
     sources = commands.add_parser("sources", help="source registry").add_subparsers(dest="action", required=True)
     sync = sources.add_parser("sync", help="validate the registry and sync the exporter_sources partitions")
     sync.add_argument("--file", help="registry file (default: $BILLING_SOURCES_FILE or sources.yaml)")
-    sync.add_argument("--check", action="store_true", help="only validate, change nothing")
+    sync.add_argument("--check", action="store_true", help="only validate (registry, CA files, credentials), change nothing")
     sync.set_defaults(handler=_sources_sync)
+    probe = sources.add_parser("probe", help="one TLS handshake and authenticated request per enabled source; exit 1 if any fails")
+    probe.add_argument("--file", help="registry file (default: $BILLING_SOURCES_FILE or sources.yaml)")
+    probe.set_defaults(handler=_sources_probe)
 
     demo = commands.add_parser("demo", help="run reference exporters and bill the last minutes end to end")
     demo.add_argument("--minutes", type=int, default=30)
@@ -87,7 +118,16 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--json", action="store_true", help="machine-readable output")
     status.set_defaults(handler=_status)
 
-    reconcile = commands.add_parser("reconcile", help="submit backfills that re-materialize sources' range")
+    reconcile = commands.add_parser(
+        "reconcile", help="submit backfills that re-materialize sources' range",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=(
+            "examples:\n"
+            "  billing reconcile --source eu-1 --since 2026-11-21T10:00:00Z --until 2026-11-21T12:00:00Z\n"
+            "  billing reconcile --all-sources --since 2026-11-21T00:00:00Z --until 2026-11-22T00:00:00Z --wait\n"
+            "times are RFC3339 with a zone (Z or +01:00); --since is inclusive, --until exclusive"
+        ),
+    )
     which = reconcile.add_mutually_exclusive_group(required=True)
     which.add_argument("--source", action="append", dest="sources", help="a source_id; repeat for several")
     which.add_argument("--all-sources", action="store_true", help="every enabled window-API source in the registry")

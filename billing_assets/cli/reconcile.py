@@ -19,9 +19,7 @@ def run_reconcile(
     all_sources: bool = False,
 ) -> int:
     """One backfill per source; every source is checked before the first is submitted."""
-    import dagster as dg
-
-    from billing_assets.core.timeutil import format_rfc3339, parse_rfc3339
+    from billing_assets.core.timeutil import format_rfc3339
     from billing_assets.definitions import defs
     from billing_assets.defs.automation.reconcile import (
         ReconcileError,
@@ -29,16 +27,19 @@ def run_reconcile(
         require_registered,
         submit_reconcile_backfill,
     )
+    from billing_assets.cli.instance import InstanceError, dagster_instance
     from billing_assets.defs.resources import BillingStore
     from billing_assets.registry.model import RegistryError
 
     try:
+        begin, finish = _moment("--since", since), _moment("--until", until)
+        if begin >= finish:
+            raise ReconcileError(f"--since {format_rfc3339(begin)} is not before --until {format_rfc3339(finish)}")
         registry = BillingStore().registry()
         if all_sources:
             sources = [source for source in registry.enabled if source.mode != "legacy_latest"]
         else:
             sources = [registry.get(source_id) for source_id in dict.fromkeys(source_ids or [])]
-        begin, finish = parse_rfc3339(since), parse_rfc3339(until)
         windows = {}
         for source in sources:
             try:
@@ -49,9 +50,9 @@ def run_reconcile(
                 print(f"skipped: {error}", file=sys.stderr)
         if not windows:
             raise ReconcileError("no source has anything to reconcile in that range")
-        instance = dg.DagsterInstance.get()
+        instance = dagster_instance()
         require_registered(instance, list(windows))
-    except (RegistryError, ReconcileError, ValueError) as error:
+    except (RegistryError, ReconcileError, InstanceError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     backfills = {}
@@ -64,10 +65,32 @@ def run_reconcile(
     return _wait_for(instance, backfills, timeout_s)
 
 
+def _moment(flag: str, text: str):
+    """An RFC3339 instant with a zone, or a ValueError that names the flag."""
+    from datetime import datetime, timezone
+
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{flag} {text!r} is not an RFC3339 time such as 2026-11-21T10:00:00Z") from None
+    if value.tzinfo is None:
+        raise ValueError(f"{flag} {text!r} has no time zone; add Z (UTC) or an offset such as +01:00")
+    return value.astimezone(timezone.utc)
+
+
+PROGRESS_EVERY_S = 15
+
+
 def _wait_for(instance, backfills: dict[str, str], timeout_s: float) -> int:
+    """Block until every backfill ends, printing what is still running every PROGRESS_EVERY_S."""
     pending, failed = set(backfills.values()), False
-    deadline = time.monotonic() + timeout_s
+    started = time.monotonic()
+    deadline, next_report = started + timeout_s, started + PROGRESS_EVERY_S
     while pending and time.monotonic() < deadline:
+        if time.monotonic() >= next_report:
+            states = ", ".join(f"{b} {instance.get_backfill(b).status.value.lower()}" for b in sorted(pending))
+            print(f"waiting {time.monotonic() - started:.0f}s: {len(pending)} of {len(backfills)} backfills open ({states})", flush=True)
+            next_report += PROGRESS_EVERY_S
         for backfill_id in sorted(pending):
             status = instance.get_backfill(backfill_id).status
             if status.value.startswith("COMPLETED") or status.value in ("FAILED", "CANCELED"):

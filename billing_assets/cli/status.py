@@ -27,6 +27,13 @@ def _age(seconds: float | None) -> str:
     return f"{seconds // 3600}h{(seconds % 3600) // 60:02d}m"
 
 
+def _seconds(moment: str | None) -> str:
+    """An RFC3339 time cut to whole seconds, so the column keeps its width."""
+    if not moment:
+        return "never"
+    return moment.split(".", 1)[0].removesuffix("Z") + "Z"
+
+
 def render_table(reports: list[SourceHealth], now: datetime) -> str:
     header = f"{'source':<16} {'enabled':<7} {'mode':<13} {'lag':>8} {'budget':>7} {'last success':<20} {'missing':>7} {'conflicts':>9} {'held':>5}  state"
     lines = [header]
@@ -36,7 +43,7 @@ def render_table(reports: list[SourceHealth], now: datetime) -> str:
             state += " (failing)"
         lines.append(
             f"{r.source_id:<16} {'yes' if r.enabled else 'no':<7} {r.mode:<13} {_age(r.lag_s):>8} {_age(r.lag_budget_s):>7} "
-            f"{r.last_success or 'never':<20} {r.missing_windows:>7} {r.conflicts:>9} {r.held:>5}  {state}"
+            f"{_seconds(r.last_success):<20} {r.missing_windows:>7} {r.conflicts:>9} {r.held:>5}  {state}"
         )
         if r.last_error:
             lines.append(f"{'':<16} last error: {r.last_error}")

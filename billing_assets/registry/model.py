@@ -216,6 +216,18 @@ def parse_registry(raw: object, origin: str = "registry") -> Registry:
         raise RegistryError(f"{origin}: {_describe(error, raw)}") from None
 
 
+def describe_yaml_error(error: yaml.YAMLError) -> str:
+    """Where and what, as a person fixes it: `line 7, column 3: mapping values are not allowed here`.
+
+    Never the offending text itself: a mistyped line may hold a token.
+    """
+    mark = getattr(error, "problem_mark", None)
+    problem = getattr(error, "problem", None) or error.__class__.__name__
+    if mark is None:
+        return str(problem)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+
+
 def load_registry(path: str | Path) -> Registry:
     """Read and validate the registry; any problem raises `RegistryError`.
 
@@ -230,5 +242,5 @@ def load_registry(path: str | Path) -> Registry:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as error:
-        raise RegistryError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
+        raise RegistryError(f"{path}: not valid YAML: {describe_yaml_error(error)}") from None
     return parse_registry(raw, str(path))

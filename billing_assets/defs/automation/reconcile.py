@@ -35,7 +35,8 @@ def reconcile_window(source: Source, since: datetime, until: datetime) -> tuple[
     end = floor_minute(until)
     if end <= start:
         raise ReconcileError(
-            f"nothing to reconcile for {source.source_id!r}: [{format_rfc3339(start)}, {format_rfc3339(end)}) is empty"
+            f"nothing to reconcile for {source.source_id!r}: the range ends at {format_rfc3339(end)}, "
+            f"but it can bill only from {format_rfc3339(start)} (its billing_start, the dedup horizon and whole minutes)"
         )
     return start, end
 
