@@ -1,12 +1,21 @@
 """Legacy compatibility through the real pieces: the reference exporter's
 `/v1/snapshots/latest` over HTTPS, the real legacy and collection sensors
 evaluated against a real instance with a fake clock shared with the exporter,
-and their run requests executed as the daemon would (implicit asset job + tags).
+and their run requests executed as the daemon would (the requested job, its
+run config and tags).
+
+The legacy sensor only decides: each tick requests one `legacy_pull_job` run
+per source (the pull happens in that run), and for `legacy_latest` sources a
+`legacy_billing_job` range run over what earlier pulls staged. So a pull is
+billed by the next tick, one tick later than when the sensor pulled itself.
 
 (a) `EXPORTER_BASE_URL` and no registry: the legacy source bills its pulls,
     replays charge nothing twice;
 (b) a half-configured environment fails naming the variable;
-(c) a `dual` source bills from the window API only and reports the comparison.
+(c) a `dual` source bills from the window API only and reports the comparison;
+(d) the sensor body makes no HTTP request and writes nothing; pulls are runs
+    tagged with their source, skipped while the source has a run in flight,
+    and a failed pull fails its run naming the source.
 """
 
 from __future__ import annotations
@@ -19,7 +28,9 @@ import pytest
 from sqlalchemy import func, select
 
 from billing_assets.cli.main import main
-from billing_assets.defs.runs import materialize_range
+from billing_assets.defs.automation.legacy_pull import PULL_OP, legacy_pull_job, pull_run_config
+from billing_assets.defs.automation.legacy_sensor import legacy_billing_job
+from billing_assets.defs.runs import SOURCE_TAG, TRIGGER_TAG, materialize_range
 from billing_assets.core.timeutil import floor_minute, format_rfc3339, now_utc
 from billing_assets.definitions import defs
 from billing_assets.defs.automation import clock
@@ -30,6 +41,7 @@ from billing_assets.defs.resources import BillingStore
 from billing_assets.exporter import Faults
 from billing_assets.registry.legacy import legacy_source_from_env
 from billing_assets.registry.model import RegistryError
+from billing_assets.storage import checkpoints
 from billing_assets.storage.schema import exporter_snapshot_rows, legacy_snapshot_samples
 from billing_assets_tests.support.db import buckets_by_key, ledger_rows, ledger_sums, nonzero
 from billing_assets_tests.support.oracle import expected_buckets, exporter_samples, within
@@ -59,6 +71,16 @@ def _pulled_times(engine, table, source_id):
         return set(connection.execute(select(table.c.collected_at).where(table.c.source_id == source_id).distinct()).scalars())
 
 
+def _triggers(driver) -> list[str]:
+    """What each executed run was, in order: `legacy-pull` (a pull run) or `legacy` (a billing range run)."""
+    return [tags[TRIGGER_TAG] for tags in driver.executed]
+
+
+def _billing(driver) -> list[dict]:
+    """Tags of the billing range runs executed so far."""
+    return [tags for tags in driver.executed if tags[TRIGGER_TAG] == "legacy"]
+
+
 def _oracle(server, billing_start, start, end, only_at=None):
     shape = server.shape
     samples = exporter_samples(shape.model, shape.node_id, shape.env, start - timedelta(hours=1), end)
@@ -85,41 +107,49 @@ def test_legacy_env_source_bills_pulls_once_through_sensor_runs(billing_env, mon
     engine = billing_env.engine
     driver = SensorDriver(instance, legacy_latest_sensor)
 
-    assert driver.tick() == [], "first pull: its minute is still open, nothing to request yet"
+    assert driver.tick() == [True], "first tick: one pull run, nothing staged yet to bill"
+    assert _triggers(driver) == ["legacy-pull"]
+    assert _pulled_times(engine, exporter_snapshot_rows, "legacy"), "the pull run staged its snapshot"
     for _ in range(8):
         fake.now += timedelta(seconds=30)
         assert all(driver.tick())
     end = floor_minute(fake.now)
-    assert len(driver.executed) >= 4
-    first = driver.executed[0]["dagster/asset_partition_range_start"]
+    assert _triggers(driver).count("legacy-pull") == 9, "one pull run per tick"
+    billing = _billing(driver)
+    assert len(billing) >= 4
+    first = billing[0]["dagster/asset_partition_range_start"]
     assert first == f"{start.strftime('%Y-%m-%d-%H:%M')}|legacy", "starts at the first snapshot's minute"
+    assert billing[-1]["dagster/asset_partition_range_end"] == f"{(end - timedelta(minutes=1)).strftime('%Y-%m-%d-%H:%M')}|legacy"
+    assert set(driver.job_names) == {legacy_pull_job.name, legacy_billing_job.name}
 
     pulled = _pulled_times(engine, exporter_snapshot_rows, "legacy")
-    assert len(pulled) == 9, "one snapshot per tick, staged for billing"
+    assert len(pulled) == 9, "one snapshot per pull run, staged for billing"
     assert _count(engine, legacy_snapshot_samples, "legacy") == 0, "legacy_latest pulls are billed, not compared"
+    # The last pull (this tick's) lies in the open minute `end`: every closed minute is billed with all its pulls.
     oracle = _oracle(running.server, billing_start, start, end, only_at=pulled)
     assert oracle, "the pulls must carry usage"
     assert nonzero(buckets_by_key(engine, "legacy")) == oracle
     assert nonzero(ledger_sums(engine, "legacy")) == oracle
     with engine.connect() as connection:
-        from billing_assets.storage import checkpoints
-
         mark = checkpoints.read_checkpoint(connection, "legacy")
     assert mark["last_successful_until"] is None, "/latest never proves completeness"
     assert mark["last_succeeded_at"] == fake.now and mark["last_error"] is None
 
-    # Re-evaluating in the same minute pulls the same snapshot again: nothing new is requested or charged.
+    # Re-evaluating in the same minute: the sensor finds the last pull in the open minute, so it only
+    # pulls (the same snapshot again); nothing new is requested or charged.
     entries = len(ledger_rows(engine, "legacy"))
-    assert driver.tick() == []
-    # Replaying what already ran (the same run again, then the whole range) appends nothing.
-    assert driver.execute(dg.RunRequest(tags=driver.executed[-1]))
+    assert driver.tick() == [True] and _triggers(driver)[-1] == "legacy-pull"
+    assert len(_billing(driver)) == len(billing)
+    assert len(ledger_rows(engine, "legacy")) == entries
+    # Replaying what already ran (the same billing run again, then the whole range) appends nothing.
+    assert driver.execute(dg.RunRequest(job_name=legacy_billing_job.name, tags=billing[-1]))
     assert materialize_range(defs, instance, "legacy", start, end, log_level="ERROR").success
     assert len(ledger_rows(engine, "legacy")) == entries
     assert nonzero(ledger_sums(engine, "legacy")) == oracle
 
-    # The next minute is processed with the re-staged snapshot deduplicated away.
+    # The next minute is billed (then pulled) with the re-staged snapshot deduplicated away.
     fake.now += timedelta(seconds=45)
-    assert driver.tick() == [True]
+    assert driver.tick() == [True, True] and _triggers(driver)[-2:] == ["legacy", "legacy-pull"]
     pulled = _pulled_times(engine, exporter_snapshot_rows, "legacy")
     assert nonzero(ledger_sums(engine, "legacy")) == _oracle(running.server, billing_start, start, floor_minute(fake.now), pulled)
 
@@ -184,8 +214,9 @@ def test_dual_source_bills_window_only_and_reports_differences(billing_env, monk
     legacy, collect = SensorDriver(instance, legacy_latest_sensor), SensorDriver(instance, collection_sensor)
 
     for _ in range(6):
-        assert legacy.tick() == [], "dual pulls are compared, never billed: no runs"
+        assert legacy.tick() == [True], "one pull run per tick"
         fake.now += timedelta(seconds=30)
+    assert _triggers(legacy) == ["legacy-pull"] * 6, "dual pulls are compared, never billed: no billing runs"
     fake.now += timedelta(minutes=1)
     assert collect.tick() == [True]
     end = floor_minute(fake.now - timedelta(seconds=30))
@@ -211,7 +242,8 @@ def test_dual_source_bills_window_only_and_reports_differences(billing_env, monk
     running.server.faults = Faults(conflicting_totals=True)
     for _ in range(4):
         fake.now += timedelta(seconds=15)
-        assert all(legacy.tick())
+        assert legacy.tick() == [True]
+    assert _billing(legacy) == [], "still no billing run from the legacy sensor"
     running.server.faults = Faults()
     fake.now += timedelta(minutes=2)  # every faulty snapshot now lies before the window checkpoint
     assert collect.tick() == [True]
@@ -238,8 +270,10 @@ def test_late_legacy_snapshot_reopens_its_minute(billing_env, monkeypatch):
     for _ in range(6):
         assert all(driver.tick())
         fake.now += timedelta(seconds=30)
-    starts = [tags["dagster/asset_partition_range_start"] for tags in driver.executed]
-    ends = [tags["dagster/asset_partition_range_end"] for tags in driver.executed]
+    assert all(driver.tick()), "this tick bills what the last pull staged"
+    billing = _billing(driver)
+    starts = [tags["dagster/asset_partition_range_start"] for tags in billing]
+    ends = [tags["dagster/asset_partition_range_end"] for tags in billing]
     assert any(s <= e for s, e in zip(starts[1:], ends)), "some range must start inside the previous one"
     engine = billing_env.engine
     pulled = _pulled_times(engine, exporter_snapshot_rows, "legacy")
