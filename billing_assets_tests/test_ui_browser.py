@@ -30,6 +30,7 @@ from billing_assets.definitions import defs
 from billing_assets.storage.engine import get_engine, migrate, reset_caches
 from billing_assets.storage.schema import usage_minute_buckets
 from billing_assets_tests.support.browser import Webserver, artifacts_dir, chromium, daemon, require_browser, webserver
+from billing_assets.exporter import Faults
 from billing_assets_tests.support.exporters import ExporterFleet
 from billing_assets_tests.support.scripted_exporter import Script, ScriptedItem, ScriptedSample, start_scripted_upstream
 
@@ -39,22 +40,13 @@ MINUTE = timedelta(minutes=1)
 RANGE_MINUTES = 10
 SOURCE_TAG = "billing/source"
 
-# The run queue as in deploy/dagster.yaml (one run per billing source), on the embedded SQLite storage.
-INSTANCE_YAML = """\
-telemetry:
-  enabled: false
-run_coordinator:
-  module: dagster.core.run_coordinator
-  class: QueuedRunCoordinator
-  config:
-    max_concurrent_runs: 4
-    dequeue_interval_seconds: 1
-    tag_concurrency_limits:
-      - key: billing/source
-        value:
-          applyLimitPerUniqueValue: true
-        limit: 1
-"""
+def instance_yaml() -> str:
+    """The production run queue (deploy/dagster.yaml: coordinator and per-source limit) on SQLite storage."""
+    production = yaml.safe_load((Path(__file__).resolve().parents[1] / "deploy" / "dagster.yaml").read_text())
+    coordinator = production["run_coordinator"]
+    coordinator["config"] = {**coordinator.get("config", {}), "dequeue_interval_seconds": 1, "max_concurrent_runs": 4}
+    assert any(limit["key"] == SOURCE_TAG for limit in coordinator["config"]["tag_concurrency_limits"])
+    return yaml.safe_dump({"telemetry": {"enabled": False}, "run_coordinator": coordinator}, sort_keys=False)
 
 
 @dataclass
@@ -67,6 +59,7 @@ class UiProject:
     database_url: str
     secrets: tuple[str, ...] = field(repr=False)
     eu_run_id: str = ""
+    eu_exporter: object = field(default=None, repr=False)
 
     def key(self, minute: datetime, source_id: str) -> str:
         return f"{minute.strftime(MINUTE_KEY_FORMAT)}|{source_id}"
@@ -93,7 +86,7 @@ def ui_project(tmp_path_factory):
     root = tmp_path_factory.mktemp("ui")
     dagster_home = root / "dagster_home"
     dagster_home.mkdir()
-    (dagster_home / "dagster.yaml").write_text(INSTANCE_YAML)
+    (dagster_home / "dagster.yaml").write_text(instance_yaml())
     database_url = f"sqlite:///{root / 'billing.sqlite'}"
     sources_file = root / "sources.yaml"
     start = floor_minute(now_utc()) - timedelta(hours=3)
@@ -136,7 +129,7 @@ def ui_project(tmp_path_factory):
             with webserver(dagster_home, root / "logs") as server:
                 yield UiProject(
                     root, start, start, server, dagster_home, database_url,
-                    secrets=(eu.token or "", scripted.token), eu_run_id=eu_run.run_id,
+                    secrets=(eu.token or "", scripted.token), eu_run_id=eu_run.run_id, eu_exporter=eu,
                 )
         finally:
             fleet.stop_all()
@@ -261,7 +254,7 @@ def test_conflicting_window_check_failed_on_its_partition_and_passed_on_another(
 
 
 RUNS_QUERY = """
-query { runsOrError(limit: 50) { ... on Runs { results { runId status startTime endTime tags { key value } } } } }
+query { runsOrError(limit: 50) { ... on Runs { results { runId status creationTime startTime endTime tags { key value } } } } }
 """
 BACKFILLS_QUERY = """
 query { partitionBackfillsOrError(limit: 5) { ... on PartitionBackfills { results { id status } } } }
@@ -290,16 +283,16 @@ def _wait_for(what: str, probe, timeout_s: float):
     raise AssertionError(f"timed out after {timeout_s:.0f} s waiting for {what}")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 / research item 3: a run launched from the UI carries no billing/source tag, "
-    "so the run queue's per-source limit does not see it",
-)
 def test_ui_replay_of_one_source_range_runs_once_queued_behind_its_source(ui_project, browser):
+    """Launched through the UI's own Materialize dialog while a run of the same source is in flight:
+    one run, tagged by BillingRunCoordinator, started only after the other ended."""
     page = browser.page
     server = ui_project.server
     backfills_before = _backfill_ids(server)
     first, last = ui_project.start, ui_project.start + (RANGE_MINUTES - 1) * MINUTE
+    # Every eu-1 page now takes 3 s (under the 5 s request timeout), so the collection run
+    # below is still in flight while the replay is launched from the dialog.
+    ui_project.eu_exporter.server.faults = Faults(delay_s=3.0)
     with daemon(ui_project.dagster_home, ui_project.root / "logs"):
         # The daemon's collection sensor (on by default, as in production) starts a run of eu-1
         # for every closed window after the checkpoint: the run the replay must queue behind.
@@ -336,6 +329,6 @@ def test_ui_replay_of_one_source_range_runs_once_queued_behind_its_source(ui_pro
     print("UI replay run tags:", tags)
     assert run["status"] == "SUCCESS"
     assert tags.get(SOURCE_TAG) == "eu-1", "the run queue limits on billing/source; a UI replay must carry it"
-    assert in_flight["status"] in FINISHED and run["startTime"] >= in_flight["endTime"], (
-        "queued behind its source: the replay starts only after the eu-1 run in flight ended"
-    )
+    assert in_flight["status"] in FINISHED
+    assert run["creationTime"] < in_flight["endTime"], "the replay was launched while the other eu-1 run was in flight"
+    assert run["startTime"] >= in_flight["endTime"], "queued behind its source: it starts only after that run ended"
