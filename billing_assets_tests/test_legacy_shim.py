@@ -280,3 +280,91 @@ def test_late_legacy_snapshot_reopens_its_minute(billing_env, monkeypatch):
     end = floor_minute(fake.now - timedelta(seconds=30))
     oracle = _oracle(running.server, start, start, end, only_at=pulled)
     assert oracle and nonzero(ledger_sums(engine, "legacy")) == oracle
+
+
+def _stored(engine) -> tuple:
+    """Everything a legacy pull writes: staged rows, comparison rows, checkpoints."""
+    with engine.connect() as connection:
+        counts = tuple(
+            connection.execute(select(func.count()).select_from(table)).scalar_one()
+            for table in (exporter_snapshot_rows, legacy_snapshot_samples)
+        )
+        return counts, checkpoints.read_all(connection)
+
+
+def _billing_tags(request: dg.RunRequest) -> dict:
+    return {key: value for key, value in request.tags.items() if key.startswith("billing/")}
+
+
+def test_legacy_sensor_only_requests_pulls_run_as_runs_tagged_with_their_source(billing_env, monkeypatch):
+    """The sensor body makes no HTTP request and writes nothing; the pulls are runs the per-source
+    queue limit sees (`billing/source`), skipped while the source has a run in flight, and a failed
+    pull fails its run with a message naming the source (recorded in the checkpoint for legacy_latest)."""
+    start = floor_minute(now_utc()) - timedelta(hours=3)
+    fake = FakeClock(start + timedelta(seconds=20))
+    monkeypatch.setattr(clock, "now", fake)
+    servers = {
+        sid: billing_env.fleet.start(sid, billing_start=start, users=2, clock=fake, mode=mode).server
+        for sid, mode in (("legacy-1", "legacy_latest"), ("dual-1", "dual"))
+    }
+    billing_env.write_registry()
+    billing_env.sync_partitions()
+    instance, engine = billing_env.instance(), billing_env.engine
+    http: list[tuple[str, str]] = []
+    for sid, server in servers.items():
+        def counting(path, raw_query, authorization, _dispatch=server.dispatch, _sid=sid):
+            http.append((_sid, path))
+            return _dispatch(path, raw_query, authorization)
+
+        monkeypatch.setattr(server, "dispatch", counting)
+    driver = SensorDriver(instance, legacy_latest_sensor)
+
+    before = _stored(engine)
+    requests = driver.evaluate()
+    assert http == [] and _stored(engine) == before, "the tick itself neither calls an exporter nor writes"
+    assert [(r.job_name, _billing_tags(r), r.run_config) for r in requests] == [
+        (legacy_pull_job.name, {SOURCE_TAG: sid, TRIGGER_TAG: "legacy-pull"}, pull_run_config(sid))
+        for sid in ("legacy-1", "dual-1")
+    ]
+    assert all(driver.execute(request) for request in requests)
+    assert sorted(http) == [("dual-1", "/v1/snapshots/latest"), ("legacy-1", "/v1/snapshots/latest")], "one pull per run"
+    assert _count(engine, exporter_snapshot_rows, "legacy-1") > 0 and _count(engine, legacy_snapshot_samples, "dual-1") > 0
+    for sid in servers:
+        (record,) = instance.get_run_records(filters=dg.RunsFilter(tags={SOURCE_TAG: sid}))
+        assert record.dagster_run.job_name == legacy_pull_job.name
+        assert record.dagster_run.status == dg.DagsterRunStatus.SUCCESS
+        assert record.dagster_run.tags[TRIGGER_TAG] == "legacy-pull"
+
+    # A minute later legacy-1's staged pull is due for billing; its queued run holds back both of its requests.
+    fake.now += timedelta(minutes=1)
+    queued = instance.create_run_for_job(driver.job, tags={SOURCE_TAG: "legacy-1"})
+    calls, before = len(http), _stored(engine)
+    requests = driver.evaluate()
+    assert len(http) == calls and _stored(engine) == before
+    assert [(r.job_name, r.tags[SOURCE_TAG]) for r in requests] == [(legacy_pull_job.name, "dual-1")]
+    instance.delete_run(queued.run_id)
+    requests = driver.evaluate()
+    assert len(http) == calls and _stored(engine) == before
+    assert [(r.job_name, r.tags[SOURCE_TAG], r.tags[TRIGGER_TAG]) for r in requests] == [
+        (legacy_billing_job.name, "legacy-1", "legacy"),
+        (legacy_pull_job.name, "legacy-1", "legacy-pull"),
+        (legacy_pull_job.name, "dual-1", "legacy-pull"),
+    ]
+    assert requests[0].tags["dagster/asset_partition_range_start"] == f"{start.strftime('%Y-%m-%d-%H:%M')}|legacy-1"
+    assert all(driver.execute(request) for request in requests)
+
+    # A failing exporter fails the pull run, naming the source.
+    marks = _stored(engine)[1]
+    for server in servers.values():
+        server.faults = Faults(error_rate=1.0)
+    for sid in servers:
+        result = defs.resolve_job_def(legacy_pull_job.name).execute_in_process(
+            instance=instance, run_config={**pull_run_config(sid), **QUIET}, tags={SOURCE_TAG: sid, TRIGGER_TAG: "legacy-pull"},
+            raise_on_error=False,
+        )
+        assert not result.success
+        failure = result.failure_data_for_node(PULL_OP)
+        assert f"legacy pull of source {sid!r} failed" in failure.user_failure_data.description
+    after = _stored(engine)[1]
+    assert "503" in after["legacy-1"]["last_error"], "legacy_latest pull failures go to the checkpoint, as before"
+    assert after.get("dual-1") == marks.get("dual-1"), "a dual source's checkpoint belongs to window collection"
