@@ -22,6 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 ASSETS = {"exporter_snapshots", "usage_samples", "usage_minute_buckets", "billing_ledger"}
 SENSORS = {"exporter_sources_sensor", "collection_sensor", "legacy_latest_sensor", "partition_status_sensor"}
 SCHEDULES = {"reconcile_schedule", "source_health_schedule", "prune_schedule"}
+JOBS = {"prune_job", "legacy_pull_job", "legacy_billing_job", "source_health_job"}  # named jobs (asset jobs aside)
 CHECKS = {"source_freshness", "source_completeness"}  # on the unpartitioned source_health asset
 BILLING_CHECKS = {  # partitioned like the billing assets
     "usage_samples": {"no_conflicting_deliveries"},
@@ -45,6 +46,11 @@ def test_definitions_hold_assets_checks_sensors_schedules():
     assert checks["source_health"] == CHECKS
     assert {sensor.name for sensor in defs.sensors} == SENSORS
     assert {schedule.name for schedule in defs.schedules} == SCHEDULES
+    assert {job.name for job in defs.jobs} == JOBS
+    # The legacy sensor requests pull runs and billing range runs of exactly the four billing assets.
+    assert {job.name for job in defs.resolve_sensor_def("legacy_latest_sensor").jobs} == {"legacy_pull_job", "legacy_billing_job"}
+    selected = defs.resolve_job_def("legacy_billing_job").asset_layer.selected_asset_keys
+    assert {key.to_user_string() for key in selected} == ASSETS
     for name in ASSETS:
         node = graph.get(dg.AssetKey(name))
         assert node.backfill_policy == dg.BackfillPolicy.single_run()
