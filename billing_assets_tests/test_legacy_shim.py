@@ -281,6 +281,18 @@ def test_late_legacy_snapshot_reopens_its_minute(billing_env, monkeypatch):
     oracle = _oracle(running.server, start, start, end, only_at=pulled)
     assert oracle and nonzero(ledger_sums(engine, "legacy")) == oracle
 
+    # The last pull (4:20 now, 70 s late) staged 3:00, a minute already requested: the next tick re-opens it.
+    # Its own pull, 2 s later, gets the same 3:00 snapshot again; that re-pull re-opens nothing.
+    fake.now += timedelta(seconds=2)
+    assert driver.tick() == [True, True] and _triggers(driver)[-2:] == ["legacy", "legacy-pull"]
+    reopened = _billing(driver)[-1]["dagster/asset_partition_range_start"]
+    assert reopened == f"{(floor_minute(fake.now) - timedelta(minutes=1)).strftime('%Y-%m-%d-%H:%M')}|legacy"
+    fake.now += timedelta(seconds=2)
+    assert driver.tick() == [True] and _triggers(driver)[-1] == "legacy-pull", "a re-pulled snapshot re-opens nothing"
+    pulled = _pulled_times(engine, exporter_snapshot_rows, "legacy")
+    oracle = _oracle(running.server, start, start, floor_minute(fake.now), only_at=pulled)
+    assert nonzero(ledger_sums(engine, "legacy")) == oracle, "the re-opened minute now bills its late snapshot"
+
 
 def _stored(engine) -> tuple:
     """Everything a legacy pull writes: staged rows, comparison rows, checkpoints."""
