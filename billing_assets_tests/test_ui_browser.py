@@ -290,9 +290,10 @@ def test_ui_replay_of_one_source_range_runs_once_queued_behind_its_source(ui_pro
     server = ui_project.server
     backfills_before = _backfill_ids(server)
     first, last = ui_project.start, ui_project.start + (RANGE_MINUTES - 1) * MINUTE
-    # Every eu-1 page now takes 3 s (under the 5 s request timeout), so the collection run
-    # below is still in flight while the replay is launched from the dialog.
-    ui_project.eu_exporter.server.faults = Faults(delay_s=3.0)
+    # Every eu-1 page takes 4 s (under the 5 s request timeout) until the replay run exists,
+    # so the collection run below is surely still in flight when the replay is launched.
+    exporter = ui_project.eu_exporter.server
+    exporter.faults = Faults(delay_s=4.0)
     with daemon(ui_project.dagster_home, ui_project.root / "logs"):
         # The daemon's collection sensor (on by default, as in production) starts a run of eu-1
         # for every closed window after the checkpoint: the run the replay must queue behind.
@@ -311,8 +312,11 @@ def test_ui_replay_of_one_source_range_runs_once_queued_behind_its_source(ui_pro
         browser.screenshot("replay-dialog")
         dialog.get_by_role("button", name=re.compile(r"^Launch")).click()
         backfill_id = _wait_for("the UI's backfill", lambda: next(iter(_backfill_ids(server) - backfills_before), None), 30)
-        open_page(browser, ui_project.page_url("/runs?tab=backfills"))
-        browser.screenshot("replay-backfill")
+        replay = _wait_for("the replay's run", lambda: _runs_with_tag(server, "dagster/backfill", backfill_id), 60)[0]
+        in_flight_then = next(run for run in server.graphql(RUNS_QUERY)["runsOrError"]["results"] if run["runId"] == in_flight["runId"])
+        open_page(browser, ui_project.page_url("/runs?tab=queued"))
+        browser.screenshot("replay-queued")
+        exporter.faults = Faults()  # let the collection run finish
         runs = _wait_for(
             "the replay run to finish",
             lambda: (found := _runs_with_tag(server, "dagster/backfill", backfill_id))
@@ -329,6 +333,7 @@ def test_ui_replay_of_one_source_range_runs_once_queued_behind_its_source(ui_pro
     print("UI replay run tags:", tags)
     assert run["status"] == "SUCCESS"
     assert tags.get(SOURCE_TAG) == "eu-1", "the run queue limits on billing/source; a UI replay must carry it"
+    assert in_flight_then["status"] not in FINISHED, "the replay was launched while the other eu-1 run was in flight"
+    print("when the replay's run appeared:", replay["status"], "| the eu-1 run in flight:", in_flight_then["status"])
     assert in_flight["status"] in FINISHED
-    assert run["creationTime"] < in_flight["endTime"], "the replay was launched while the other eu-1 run was in flight"
     assert run["startTime"] >= in_flight["endTime"], "queued behind its source: it starts only after that run ended"
