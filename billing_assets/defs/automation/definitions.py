@@ -1,3 +1,10 @@
+"""Sensors, schedules and the jobs they request that are not asset jobs of one domain.
+
+`legacy_pull_job` (one /v1/snapshots/latest pull) and `legacy_billing_job` (the
+four billing assets over a range) are what `legacy_latest_sensor` requests;
+`prune_job` is what `prune_schedule` runs.
+"""
+
 import dagster as dg
 
 from billing_assets.defs.automation.collection_sensor import collection_sensor

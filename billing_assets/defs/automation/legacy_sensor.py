@@ -175,14 +175,12 @@ def legacy_latest_sensor(context: dg.SensorEvaluationContext, billing: BillingSt
                 notes.append(f"{sid}: staged snapshots {format_rfc3339(seen.first)}..{format_rfc3339(seen.last)}")
                 pending = minute if pending is None else min(pending, minute)
             if pending is not None:
-                start = max(pending, earliest)
-                pending, end = start, floor_minute(now)
-                if end <= start:
-                    pass
-                elif sid not in registered:
+                pending = max(pending, earliest)
+                end = floor_minute(now)
+                if end > pending and sid not in registered:
                     notes.append(f"{sid}: not registered yet")
-                else:
-                    bill = (start, end)
+                elif end > pending:
+                    bill = (pending, end)
             cursor[sid] = _entry(pending, seen.through)
         if has_unfinished_run(context.instance, sid):
             notes.append(f"{sid}: previous run still queued or running")
