@@ -29,13 +29,12 @@ from sqlalchemy import func, select
 
 from billing_assets.cli.main import main
 from billing_assets.defs.automation.legacy_pull import PULL_OP, legacy_pull_job, pull_run_config
-from billing_assets.defs.automation.legacy_sensor import legacy_billing_job
 from billing_assets.defs.runs import SOURCE_TAG, TRIGGER_TAG, materialize_range
 from billing_assets.core.timeutil import floor_minute, format_rfc3339, now_utc
 from billing_assets.definitions import defs
 from billing_assets.defs.automation import clock
 from billing_assets.defs.automation.collection_sensor import collection_sensor
-from billing_assets.defs.automation.legacy_sensor import legacy_latest_sensor
+from billing_assets.defs.automation.legacy_sensor import legacy_billing_job, legacy_latest_sensor
 from billing_assets.defs.automation.source_partitions import sync_instance
 from billing_assets.defs.resources import BillingStore
 from billing_assets.exporter import Faults
