@@ -26,7 +26,8 @@ from billing_assets.registry.model import Source
 from billing_assets.storage import buckets as bucket_store
 from billing_assets.storage import quarantine
 from billing_assets.storage.buckets_in_database import Recomputed, recompute_buckets
-from billing_assets.storage.sql import is_postgres, source_lock
+from billing_assets.storage.dialect import is_postgres
+from billing_assets.storage.transactions import source_lock
 
 CHUNK = timedelta(hours=1)
 MAX_CHUNK_SAMPLES = 200_000  # sized by the memory preset (bench/RESULTS.md, round 3)

@@ -22,7 +22,7 @@ from billing_assets.pipeline.bucket import chunk_for
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.model import Source
 from billing_assets.storage import ledger as ledger_store
-from billing_assets.storage.sql import in_transaction_retrying_races, source_lock
+from billing_assets.storage.transactions import in_transaction_retrying_races, source_lock
 
 CHUNK = timedelta(hours=1)
 MAX_CHUNK_BUCKETS = 100_000  # same memory budget as pipeline.bucket

@@ -12,7 +12,7 @@ from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.model import Source
 from billing_assets.settings import DEFAULT_DEDUP_HORIZON
 from billing_assets.storage.samples import DedupStats, dedup_staged
-from billing_assets.storage.sql import in_transaction_retrying_races
+from billing_assets.storage.transactions import in_transaction_retrying_races
 
 
 

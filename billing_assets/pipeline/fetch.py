@@ -25,7 +25,7 @@ from billing_assets.core.timeutil import now_utc
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.model import Source
 from billing_assets.storage import checkpoints, snapshots
-from billing_assets.storage.sql import time_param
+from billing_assets.storage.times import time_param
 from billing_assets.transport.client import ExporterClient, RetryPolicy
 from billing_assets.transport.envelope import WindowPage
 from billing_assets.transport.errors import SourceFetchError

@@ -23,7 +23,7 @@ from billing_assets.core.timeutil import now_utc
 from billing_assets.registry.model import Source
 from billing_assets.storage import checkpoints, snapshots
 from billing_assets.storage.schema import exporter_snapshot_rows, legacy_snapshot_samples
-from billing_assets.storage.sql import time_param
+from billing_assets.storage.times import time_param
 from billing_assets.transport.client import ExporterClient, RetryPolicy
 from billing_assets.transport.envelope import LatestSnapshot
 from billing_assets.transport.errors import SourceFetchError
