@@ -1,4 +1,4 @@
-"""Legacy pull: one `/v1/snapshots/latest` snapshot per tick (rollout phases 1-2).
+"""Legacy pull: one `/v1/snapshots/latest` snapshot per `legacy_pull_job` run (rollout phases 1-2).
 
 `legacy_latest` sources bill from it: the snapshot is staged into
 `exporter_snapshot_rows` exactly like a window page, so dedup, buckets and the
