@@ -50,6 +50,14 @@ def test_the_source_is_read_from_dagster_partition_tags(recent_hour):
     assert source_of_run({"dagster/backfill": "abc"}) is None
 
 
+def test_a_launchpad_pull_is_tagged_from_its_config():
+    from billing_assets.defs.automation.legacy_pull import pull_run_config
+    from billing_assets.defs.run_coordinator import _configured_source
+
+    assert _configured_source(pull_run_config("legacy")) == "legacy"
+    assert _configured_source({}) is None and _configured_source(None) is None
+
+
 @pytest.mark.slow
 def test_a_ui_backfill_is_tagged_with_its_source_and_seen_in_flight(billing_env, recent_hour, sqlite_only_instance):
     """Launched through the real webserver's GraphQL, run by Dagster's own backfill and queue daemons."""

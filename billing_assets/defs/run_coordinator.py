@@ -22,9 +22,19 @@ class BillingRunCoordinator(dg.QueuedRunCoordinator):
     def submit_run(self, context: dg.SubmitRunContext) -> dg.DagsterRun:
         run = context.dagster_run
         if SOURCE_TAG not in run.tags:
-            source = source_of_run(run.tags)
+            source = source_of_run(run.tags) or _configured_source(run.run_config)
             if source is not None:
                 self._instance.add_run_tags(run.run_id, {SOURCE_TAG: source})
                 run = self._instance.get_run_by_id(run.run_id) or run
                 context = dg.SubmitRunContext(run, context.workspace)
         return super().submit_run(context)
+
+
+def _configured_source(run_config: dict | None) -> str | None:
+    """The `source_id` an op is configured with (a legacy pull launched from the launchpad)."""
+    found = {
+        op.get("config", {}).get("source_id")
+        for op in ((run_config or {}).get("ops") or {}).values()
+        if isinstance(op, dict) and isinstance(op.get("config"), dict)
+    } - {None}
+    return found.pop() if len(found) == 1 else None

@@ -18,7 +18,8 @@ retry: the exporter client retries the request itself, and the sensor's next
 tick (30 s) pulls again.
 
 Launching a pull by hand (UI launchpad): config `ops.pull_legacy_snapshot.config.source_id`;
-add the tag `billing/source=<source_id>` so the per-source queue limit applies.
+the run coordinator tags the run `billing/source=<source_id>` from that config, so the
+per-source queue limit applies.
 """
 
 import dagster as dg
