@@ -6,17 +6,25 @@ import argparse
 import sys
 
 
-def _sources_sync(args) -> int:
-    from billing_assets.cli.instance import InstanceError, dagster_instance
-    from billing_assets.cli.sources import offline_problems
-    from billing_assets.defs.automation.source_partitions import sync_instance
+def _load_registry(args):
+    """The registry the command names (`--file`) or the environment's; None after printing why not."""
     from billing_assets.registry.model import RegistryError, load_registry
     from billing_assets.settings import Settings
 
     try:
-        registry = load_registry(args.file or Settings.from_env().sources_file)
+        return load_registry(args.file or Settings.from_env().sources_file)
     except RegistryError as error:
         print(f"error: {error}", file=sys.stderr)
+        return None
+
+
+def _sources_sync(args) -> int:
+    from billing_assets.cli.instance import InstanceError, dagster_instance
+    from billing_assets.cli.sources import offline_problems
+    from billing_assets.defs.automation.source_partitions import sync_instance
+
+    registry = _load_registry(args)
+    if registry is None:
         return 2
     if args.check:
         problems = offline_problems(registry)
@@ -40,13 +48,9 @@ def _sources_sync(args) -> int:
 
 def _sources_probe(args) -> int:
     from billing_assets.cli.sources import probe
-    from billing_assets.registry.model import RegistryError, load_registry
-    from billing_assets.settings import Settings
 
-    try:
-        registry = load_registry(args.file or Settings.from_env().sources_file)
-    except RegistryError as error:
-        print(f"error: {error}", file=sys.stderr)
+    registry = _load_registry(args)
+    if registry is None:
         return 2
     results = probe(registry)
     for source_id, ok, detail in results:
