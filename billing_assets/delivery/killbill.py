@@ -1,0 +1,270 @@
+"""Pushing usage records into Kill Bill (`POST /1.0/kb/usages`), one record per request.
+
+The client turns every target behaviour into an `Outcome` instead of an
+exception, because the caller is a status machine that must record each
+attempt: an exception would lose which record got which answer. Only local
+misconfiguration (missing credential, unreadable CA) raises, at construction,
+before anything is sent.
+
+Why a pooled client and threads: one TLS handshake costs more than the
+request itself, so connections are kept alive and shared; Kill Bill takes one
+record per request, so throughput comes from a bounded number of requests in
+flight (`max_in_flight`), not from batching.
+
+Ambiguity is retryable: a timeout or a connection dropped after the request
+went out may or may not have been recorded by the target, and resending the
+same `trackingId` is safe because the target dedups on it (a 409 for a known
+tracking id counts as accepted).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+
+import httpx
+
+from billing_assets.delivery.outcome import DETAIL_LIMIT, Outcome, UsageRecord
+from billing_assets.delivery.targets import KillBillTarget
+from billing_assets.registry.credentials import CredentialError, resolve_bearer_token, resolve_secret
+from billing_assets.transport.tls import PinnedCaError, describe_tls_failure, pinned_client_context
+
+USAGES_PATH = "/1.0/kb/usages"
+USER_AGENT = "billing-assets/0.1 (remittance)"
+# Retry-After beyond this is treated as this: a target asking for a day's
+# pause should not park a row further than the backoff ceiling would.
+MAX_RETRY_AFTER_S = 3600.0
+
+
+class DeliveryConfigError(RuntimeError):
+    """Our side cannot talk to the target at all; the message never holds a secret."""
+
+
+def usage_payload(record: UsageRecord) -> dict:
+    hour = record.hour_utc.replace(microsecond=0)
+    return {
+        "subscriptionExternalKey": record.subscription_key,
+        "trackingId": record.tracking_id,
+        "unitUsageRecords": [
+            {
+                "unitType": record.metric,
+                "usageRecords": [{"recordDate": hour.strftime("%Y-%m-%dT%H:%M:%SZ"), "amount": record.quantity}],
+            }
+        ],
+    }
+
+
+def parse_retry_after(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header: delta-seconds or an HTTP-date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=timezone.utc)
+        seconds = (when - (now or datetime.now(timezone.utc))).total_seconds()
+    if seconds != seconds:  # NaN
+        return None
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER_S)
+
+
+def _authorization(target: KillBillTarget, name: str) -> tuple[str, tuple[str, ...]]:
+    """The Authorization header and the secret's forms (kept only to scrub echoes)."""
+    try:
+        if target.auth_mode == "bearer":
+            token = resolve_bearer_token(target.credential_ref).reveal()
+            return f"Bearer {token}", (token,)
+        secret = resolve_secret(target.credential_ref, "basic credential").reveal()
+    except CredentialError as error:
+        raise DeliveryConfigError(f"target {name!r}: {error}") from None
+    user, sep, password = secret.partition(":")
+    if not sep or not user or not password:
+        raise DeliveryConfigError(
+            f"target {name!r}: basic credential in {target.credential_ref.split(':')[0]} reference must be 'user:password'"
+        )
+    encoded = base64.b64encode(secret.encode("utf-8")).decode("ascii")
+    return f"Basic {encoded}", (encoded, secret, password)
+
+
+class KillBillClient:
+    """One target, one connection pool, one credential; safe to share between threads."""
+
+    def __init__(self, target: KillBillTarget, name: str = "killbill") -> None:
+        self.target = target
+        self.name = name
+        header, self._secrets = _authorization(target, name)
+        try:
+            context = pinned_client_context(target.ca_bundle_path)
+        except PinnedCaError as error:
+            raise DeliveryConfigError(f"target {name!r}: {error}") from None
+        self._timeout_s = target.request_timeout.total_seconds()
+        pool = target.max_in_flight
+        self._http = httpx.Client(
+            base_url=target.base_url,
+            headers={
+                "User-Agent": USER_AGENT,
+                "Accept": "application/json",
+                "Content-Type": "application/json",
+                "Authorization": header,
+                "X-Killbill-CreatedBy": "billing-assets",
+            },
+            verify=context,
+            timeout=httpx.Timeout(self._timeout_s, pool=self._timeout_s),
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool, keepalive_expiry=30.0),
+            follow_redirects=False,
+            trust_env=False,
+        )
+        self._extensions = {"sni_hostname": target.server_name}
+
+    def __repr__(self) -> str:
+        return f"KillBillClient(name={self.name!r}, base_url={self.target.base_url!r}, auth_mode={self.target.auth_mode!r})"
+
+    def __enter__(self) -> KillBillClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- one record -----------------------------------------------------------
+
+    def send(self, record: UsageRecord) -> Outcome:
+        """The target's answer to one record; never raises for anything the target does.
+
+        The deadline covers connect, write and the whole response body; a
+        server that stalls before its first header byte is bounded by the
+        read timeout, which is the same figure.
+        """
+        body = json.dumps(usage_payload(record), separators=(",", ":")).encode()
+        deadline = time.monotonic() + self._timeout_s
+        try:
+            with self._http.stream("POST", USAGES_PATH, content=body, extensions=self._extensions) as response:
+                answer = self._read_bounded(response, deadline)
+                if answer is None:
+                    return Outcome("retryable", f"no complete answer within {self._timeout_s:g}s (deadline)", response.status_code)
+                return self._classify(response, answer)
+        except httpx.TimeoutException as exc:
+            return Outcome("retryable", f"timed out after {self._timeout_s:g}s ({_phase(exc)}); the target may have taken it")
+        except httpx.HTTPError as exc:
+            tls = describe_tls_failure(exc)
+            if tls is not None:
+                # Retrying cannot fix trust: wrong CA, wrong server_name or a
+                # certificate from someone else. Refused, so it is seen.
+                return Outcome("refused", self._scrub(f"{tls} (server_name {self.target.server_name!r})"))
+            return Outcome("retryable", self._scrub(_describe_transport(exc)))
+
+    def _read_bounded(self, response: httpx.Response, deadline: float) -> bytes | None:
+        chunks: list[bytes] = []
+        size = 0
+        for chunk in response.iter_bytes():
+            if size < 4 * DETAIL_LIMIT:
+                chunks.append(chunk)
+                size += len(chunk)
+            if time.monotonic() > deadline:
+                return None
+        return b"".join(chunks)
+
+    def _classify(self, response: httpx.Response, answer: bytes) -> Outcome:
+        code = response.status_code
+        detail = self._scrub(f"HTTP {code}" + (f": {_text(answer)}" if answer.strip() else ""))
+        if 200 <= code < 300:
+            return Outcome("accepted", detail, code)
+        if code == 409:
+            # The tracking id is already recorded: our earlier attempt landed.
+            return Outcome("accepted", detail, code)
+        if code == 429 or code >= 500 or code == 408:
+            return Outcome("retryable", detail, code, parse_retry_after(response.headers.get("Retry-After")))
+        return Outcome("refused", detail, code)
+
+    def _scrub(self, text: str) -> str:
+        """Belt and braces: a target (or proxy) that echoes our headers must not
+        put the credential into the database via Outcome.detail."""
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "**********")
+        return text
+
+    # -- many records ---------------------------------------------------------
+
+    def send_many(
+        self,
+        records: Iterable[UsageRecord],
+        max_in_flight: int | None = None,
+        stop: threading.Event | None = None,
+    ) -> Iterator[tuple[UsageRecord, Outcome]]:
+        """(record, outcome) pairs in completion order, at most `max_in_flight` requests at once.
+
+        Records are pulled from the iterable only when a slot frees, so a
+        caller streaming rows from the database never holds more than
+        `max_in_flight` of them here. Setting `stop` ends the intake: records
+        not yet pulled are left untouched (still pending for the caller), and
+        those already in flight are finished and yielded.
+        """
+        limit = max(1, min(max_in_flight or self.target.max_in_flight, self.target.max_in_flight))
+        source = iter(records)
+        running: dict[Future[Outcome], UsageRecord] = {}
+        exhausted = False
+        with ThreadPoolExecutor(max_workers=limit, thread_name_prefix=f"remit-{self.name}") as pool:
+            try:
+                while True:
+                    while not exhausted and len(running) < limit and not (stop is not None and stop.is_set()):
+                        record = next(source, None)
+                        if record is None:
+                            exhausted = True
+                            break
+                        running[pool.submit(self.send, record)] = record
+                    if not running:
+                        return
+                    done, _ = wait(running, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        yield running.pop(future), future.result()
+            finally:
+                # A consumer that stops iterating early still waits for the
+                # requests it started; their outcomes are lost to it, which is
+                # safe because a resend carries the same tracking id.
+                for future in running:
+                    future.cancel()
+
+
+def _text(answer: bytes) -> str:
+    text = answer.decode("utf-8", "replace").strip()
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        return " ".join(text.split())
+    if isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
+        return parsed["message"] + (f" ({parsed['className']})" if isinstance(parsed.get("className"), str) else "")
+    return json.dumps(parsed, separators=(",", ":"))
+
+
+def _phase(exc: httpx.TimeoutException) -> str:
+    return {
+        httpx.ConnectTimeout: "connect",
+        httpx.ReadTimeout: "waiting for the answer",
+        httpx.WriteTimeout: "sending",
+        httpx.PoolTimeout: "waiting for a pooled connection",
+    }.get(type(exc), "request")
+
+
+def _describe_transport(exc: httpx.HTTPError) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return "cannot connect to the target (connection refused or closed during the handshake)"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "the target closed the connection without a complete answer; it may have taken the record"
+    if isinstance(exc, (httpx.ReadError, httpx.WriteError)):
+        return f"connection to the target broke ({exc.__class__.__name__}); it may have taken the record"
+    return f"request failed ({exc.__class__.__name__})"
