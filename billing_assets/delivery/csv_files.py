@@ -39,6 +39,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -55,7 +56,7 @@ class CsvFileConflict(RuntimeError):
     """A file with this batch's name exists with other content; it is never rewritten."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class CsvLine:
     account_id: str
     subscription_key: str
@@ -96,32 +97,33 @@ def file_name_for(hour: datetime, batch_no: int) -> str:
 
 def _field(value: str) -> str:
     # Same output as csv.QUOTE_MINIMAL, without a writer per line.
-    if any(char in value for char in _NEEDS_QUOTES):
+    if "," in value or '"' in value or "\n" in value or "\r" in value:
         return '"' + value.replace('"', '""') + '"'
     return value
+
+
+@lru_cache(maxsize=256)
+def _hour_text(hour: datetime) -> str:
+    # A batch holds a handful of distinct hours; strftime per line was a
+    # third of the writing time.
+    if hour.tzinfo is None or hour.utcoffset() is None:
+        raise ValueError("hour must be timezone-aware")
+    return hour.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _line_key_and_bytes(line: CsvLine) -> tuple[tuple, bytes]:
     if line.metric not in METRICS:
         raise ValueError(f"line {line.tracking_id!r}: metric must be one of {METRICS}")
-    if type(line.quantity) is not int or line.quantity < 0:
-        raise ValueError(f"line {line.tracking_id!r}: quantity must be an integer >= 0")
-    if line.hour.tzinfo is None or line.hour.utcoffset() is None:
-        raise ValueError(f"line {line.tracking_id!r}: hour must be timezone-aware")
-    hour = line.hour.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    text = ",".join(
-        (
-            _field(line.account_id),
-            _field(line.subscription_key),
-            line.metric,
-            hour,
-            str(line.quantity),
-            _field(line.tracking_id),
-            str(line.revision),
-        )
-    )
-    key = (hour, line.account_id, line.subscription_key, line.metric, line.revision, line.tracking_id)
-    return key, (text + "\n").encode("utf-8")
+    quantity, revision = line.quantity, line.revision
+    if type(quantity) is not int or quantity < 0 or type(revision) is not int or revision < 0:
+        raise ValueError(f"line {line.tracking_id!r}: quantity and revision must be integers >= 0")
+    try:
+        hour = _hour_text(line.hour)
+    except ValueError as error:
+        raise ValueError(f"line {line.tracking_id!r}: {error}") from None
+    text = f"{_field(line.account_id)},{_field(line.subscription_key)},{line.metric},{hour},{quantity},{_field(line.tracking_id)},{revision}\n"
+    key = (hour, line.account_id, line.subscription_key, line.metric, revision, line.tracking_id)
+    return key, text.encode("utf-8")
 
 
 def render_batch(lines: Iterable[CsvLine]) -> tuple[bytes, dict[str, int]]:

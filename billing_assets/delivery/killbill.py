@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -111,7 +112,15 @@ class KillBillClient:
             raise DeliveryConfigError(f"target {name!r}: {error}") from None
         self._timeout_s = target.request_timeout.total_seconds()
         pool = target.max_in_flight
+        # h11 writes headers and body separately; without NODELAY the body
+        # may wait for the ACK of the headers (Nagle vs delayed ACK).
+        transport = httpx.HTTPTransport(
+            verify=context,
+            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool, keepalive_expiry=30.0),
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+        )
         self._http = httpx.Client(
+            transport=transport,
             base_url=target.base_url,
             headers={
                 "User-Agent": USER_AGENT,
@@ -120,9 +129,7 @@ class KillBillClient:
                 "Authorization": header,
                 "X-Killbill-CreatedBy": "billing-assets",
             },
-            verify=context,
             timeout=httpx.Timeout(self._timeout_s, pool=self._timeout_s),
-            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool, keepalive_expiry=30.0),
             follow_redirects=False,
             trust_env=False,
         )
