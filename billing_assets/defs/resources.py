@@ -19,6 +19,8 @@ from billing_assets.registry.pricing_file import load_pricing
 from billing_assets.storage.engine import database_url, get_engine, migrate, read_only
 
 DEFAULT_SOURCES_FILE = "sources.yaml"
+DEFAULT_ACCOUNTS_FILE = "accounts.yaml"
+DEFAULT_REMIT_SETTLE = "10m"
 
 
 def sources_file() -> str:
@@ -32,6 +34,14 @@ class BillingStore(dg.ConfigurableResource):
     sources_file: str | None = None
     pricing_file: str | None = None
     dedup_horizon: str | None = None
+    accounts_file: str | None = None
+    """`BILLING_ACCOUNTS_FILE`: targets and who pays for which user."""
+    remit_settle: str | None = None
+    """`BILLING_REMIT_SETTLE`: how far past an hour's end every source must have collected before it is remitted."""
+    remit_backoff: str | None = None
+    """`BILLING_REMIT_BACKOFF`: first retry delay of a retryable record (doubles per attempt, capped at 1h)."""
+    remit_lookback: str | None = None
+    """`BILLING_REMIT_LOOKBACK`: how many hours back the remittance sensor looks for hours to remit."""
 
     def engine(self) -> Engine:
         return migrate(get_engine(self.database_url or database_url()))
@@ -54,3 +64,20 @@ class BillingStore(dg.ConfigurableResource):
 
     def horizon(self):
         return parse_duration(self.dedup_horizon or os.environ.get("BILLING_DEDUP_HORIZON") or "32d")
+
+    def accounts(self):
+        from billing_assets.accounts.model import load_accounts
+
+        return load_accounts(self.accounts_file or os.environ.get("BILLING_ACCOUNTS_FILE") or DEFAULT_ACCOUNTS_FILE)
+
+    def settle(self):
+        return parse_duration(self.remit_settle or os.environ.get("BILLING_REMIT_SETTLE") or DEFAULT_REMIT_SETTLE)
+
+    def delivery_settings(self):
+        from billing_assets.pipeline.remittance import DeliverySettings
+
+        base = parse_duration(self.remit_backoff or os.environ.get("BILLING_REMIT_BACKOFF") or "30s")
+        return DeliverySettings(backoff_base_s=base.total_seconds())
+
+    def lookback(self):
+        return parse_duration(self.remit_lookback or os.environ.get("BILLING_REMIT_LOOKBACK") or "48h")

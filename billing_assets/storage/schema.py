@@ -202,6 +202,7 @@ hour_completeness = Table(
     Column("detail", Text, nullable=False),
     Column("evaluated_at", UTCDateTime, nullable=False),
     Column("derived_at", UTCDateTime),
+    Column("remitted_at", UTCDateTime),
 )
 
 remittances = Table(

@@ -55,6 +55,7 @@ def upgrade() -> None:
         sa.Column('detail', sa.Text(), nullable=False),
         sa.Column('evaluated_at', UTCDateTime(), nullable=False),
         sa.Column('derived_at', UTCDateTime(), nullable=True),
+        sa.Column('remitted_at', UTCDateTime(), nullable=True),
         sa.PrimaryKeyConstraint('hour'),
     )
 
