@@ -82,6 +82,10 @@ def build_parser() -> argparse.ArgumentParser:
     reconcile.add_argument("--wait", action="store_true", help="block until the backfill finishes (needs a running daemon)")
     reconcile.set_defaults(handler=_reconcile)
 
+    from billing_assets.cli.remittance import add_parser as add_remittance
+
+    add_remittance(commands)
+
     db = commands.add_parser("db", help="billing database").add_subparsers(dest="action", required=True)
     db.add_parser("upgrade", help="apply migrations").set_defaults(handler=_db_upgrade)
     return parser

@@ -55,38 +55,48 @@ class DeliveryStats:
         setattr(self, outcome, getattr(self, outcome) + 1)
 
 
+def plan_hour_records(connection, accounts: Accounts, hour: datetime, now: datetime, write: bool = True) -> list:
+    """Plan one hour for every target in `connection`'s transaction; the new records.
+
+    With `write=False` nothing is stored (recalculate --dry-run shows this list).
+    """
+    targets = sorted(accounts.targets)
+    for name in targets:  # sorted: two planners never wait on each other in opposite order
+        store.hour_lock(connection, "remittance_plan", name)
+    inputs = store.load_plan_inputs(connection, hour, targets)
+    records, accounted, carried = [], {}, {}
+    for name in targets:
+        one_record = accounts.targets[name].one_record_per_hour
+        for account in accounts.accounts_of(name):
+            for metric in METRICS:
+                key = (name, account.account_id, metric)
+                total = inputs.usage.get((account.account_id, metric), 0)
+                before = key in inputs.accounted
+                balance = inputs.carried.get(key, 0)
+                if not before and total == 0 and balance <= 0:
+                    continue  # an idle account: nothing to account for, nothing owed
+                step = plan_hour(
+                    name, account.account_id, metric, hour, total,
+                    accounted=inputs.accounted.get(key, 0), planned_before=before,
+                    revisions=inputs.revisions.get(key, 0), carried=balance, one_record_per_hour=one_record,
+                )
+                if not before or step.accounted != inputs.accounted[key]:
+                    accounted[key] = step.accounted
+                if step.carried != balance:
+                    carried[key] = step.carried
+                if step.record is not None:
+                    records.append((step.record, account.subscription_key))
+    if write:
+        store.save_plan(connection, hour, records, accounted, carried, now)
+        store.mark_remitted(connection, hour, now)
+    return records
+
+
 def plan_hours(engine: Engine, accounts: Accounts, hours: list[datetime], now: datetime) -> PlanStats:
     stats = PlanStats()
-    targets = sorted(accounts.targets)
     for hour in hours:
         with engine.begin() as connection:
-            for name in targets:  # sorted: two planners never wait on each other in opposite order
-                store.hour_lock(connection, "remittance_plan", name)
-            inputs = store.load_plan_inputs(connection, hour, targets)
-            records, accounted, carried = [], {}, {}
-            for name in targets:
-                one_record = accounts.targets[name].one_record_per_hour
-                for account in accounts.accounts_of(name):
-                    for metric in METRICS:
-                        key = (name, account.account_id, metric)
-                        total = inputs.usage.get((account.account_id, metric), 0)
-                        before = key in inputs.accounted
-                        balance = inputs.carried.get(key, 0)
-                        if not before and total == 0 and balance <= 0:
-                            continue  # an idle account: nothing to account for, nothing owed
-                        step = plan_hour(
-                            name, account.account_id, metric, hour, total,
-                            accounted=inputs.accounted.get(key, 0), planned_before=before,
-                            revisions=inputs.revisions.get(key, 0), carried=balance, one_record_per_hour=one_record,
-                        )
-                        if not before or step.accounted != inputs.accounted[key]:
-                            accounted[key] = step.accounted
-                        if step.carried != balance:
-                            carried[key] = step.carried
-                        if step.record is not None:
-                            records.append((step.record, account.subscription_key))
-            store.save_plan(connection, hour, records, accounted, carried, now)
-            store.mark_remitted(connection, hour, now)
+            records = plan_hour_records(connection, accounts, hour, now)
         stats.records += len(records)
         stats.quantity += sum(record.quantity for record, _ in records)
         stats.by_hour[hour.strftime("%Y-%m-%d-%H:%M")] = len(records)
@@ -190,3 +200,21 @@ def _write_and_finish(engine, name, target, file_name, rows, run_id, clock, stat
         store.finish_batch(connection, name, file_name, written.sha256, dict(written.line_of), rows, run_id, clock())
     stats.accepted += len(rows)
     stats.files.append(file_name)
+
+
+def preview(engine: Engine, accounts: Accounts, registry, hours: list[datetime], now: datetime) -> list:
+    """The records a recalculation would add: derive and plan in a transaction that is rolled back."""
+    from billing_assets.pipeline.hourly import ledger_source_ids
+
+    intervals = accounts.memberships.intervals()
+    found = []
+    with engine.connect() as connection:
+        transaction = connection.begin()
+        try:
+            sources = ledger_source_ids(connection, registry)
+            for hour in hours:
+                store.derive_hour(connection, hour, intervals, sources, now)
+                found += [record for record, _ in plan_hour_records(connection, accounts, hour, now, write=False)]
+        finally:
+            transaction.rollback()
+    return found

@@ -10,6 +10,7 @@ one sender at a time and a crashed sender's rows come back after the lease.
 from __future__ import annotations
 
 import json
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -489,3 +490,144 @@ def finish_batch(connection: Connection, target: str, name: str, sha256: str, li
         [Attempt(row.id, row.attempts, "accepted", None, f"written to {name} line {line_of[row.tracking_id]}", None) for row in claimed],
         run_id, now,
     )
+
+
+# --- operator queries and commands --------------------------------------------------
+
+def _range_params(since: datetime, until: datetime, account: str | None) -> tuple[str, dict]:
+    where = "hour >= :since AND hour < :until"
+    params: dict = {"since": since, "until": until}
+    if account is not None:
+        where += " AND account_id = :account"
+        params["account"] = account
+    return where, params
+
+
+def _typed_range(sql: str, extra_ts: Sequence[str] = ()):
+    return typed(sql, {"since": "ts", "until": "ts", **{name: "ts" for name in extra_ts}})
+
+
+def books(connection: Connection, since: datetime, until: datetime) -> list[dict]:
+    """Per (target, account, metric) over [since, until): what was sent, what is owed, and the plan's totals."""
+    where, params = _range_params(since, until, None)
+    records = connection.execute(
+        _typed_range(
+            f"SELECT target, account_id, metric, status, COUNT(*), SUM(quantity) FROM remittances WHERE {where} "
+            "GROUP BY target, account_id, metric, status"
+        ),
+        params,
+    ).all()
+    accounted = connection.execute(
+        _typed_range(f"SELECT target, account_id, metric, SUM(accounted) FROM remittance_plan WHERE {where} GROUP BY target, account_id, metric"),
+        params,
+    ).all()
+    carry = connection.execute(text("SELECT target, account_id, metric, carried FROM remittance_carry")).all()
+    table: dict[tuple[str, str, str], dict] = {}
+
+    def entry(key):
+        return table.setdefault(key, {
+            "target": key[0], "account_id": key[1], "metric": key[2], "sent": 0, "pending": 0, "retryable": 0,
+            "failed": 0, "sent_records": 0, "pending_records": 0, "retryable_records": 0, "failed_records": 0,
+            "accounted": 0, "carried": 0,
+        })
+
+    for target, account, metric, status, count, quantity in records:
+        row = entry((target, account, metric))
+        row[status] += int(quantity or 0)
+        row[f"{status}_records"] += int(count)
+    for target, account, metric, total in accounted:
+        entry((target, account, metric))["accounted"] = int(total or 0)
+    for target, account, metric, carried in carry:
+        if (target, account, metric) in table or carried:
+            entry((target, account, metric))["carried"] = int(carried)
+    return [table[key] for key in sorted(table)]
+
+
+def hours_report(connection: Connection, since: datetime, until: datetime) -> list[dict]:
+    """Per hour: the ledger, what was derived from it (assigned + unassigned), and the verdict."""
+    ledger = ledger_hour_total(connection, since, until)
+    params = {"since": since, "until": until}
+    derived = defaultdict(int)
+    for hour, total in connection.execute(
+        typed("SELECT hour, SUM(quantity) FROM hourly_usage WHERE hour >= :since AND hour < :until GROUP BY hour",
+              {"since": "ts", "until": "ts"}, {"hour": "ts"}),
+        params,
+    ):
+        derived[hour] += int(total)
+    unassigned = defaultdict(int)
+    for hour, total in connection.execute(
+        typed("SELECT hour, SUM(quantity) FROM unassigned_usage WHERE hour >= :since AND hour < :until GROUP BY hour",
+              {"since": "ts", "until": "ts"}, {"hour": "ts"}),
+        params,
+    ):
+        unassigned[hour] += int(total)
+    verdicts = remittable_hours(connection, since, until)
+    hours = sorted(set(ledger) | set(derived) | set(unassigned) | set(verdicts))
+    report = []
+    for hour in hours:
+        verdict = verdicts.get(hour) or {}
+        total = sum(ledger.get(hour, {}).values())
+        report.append({
+            "hour": hour, "ledger": total, "derived": derived[hour] + unassigned[hour], "unassigned": unassigned[hour],
+            "complete": bool(verdict.get("complete")), "forced": bool(verdict.get("forced")),
+            "forced_by": verdict.get("forced_by"), "reason": verdict.get("reason"),
+            "remitted_at": verdict.get("remitted_at"),
+        })
+    return report
+
+
+def retry_dead_letters(connection: Connection, since: datetime, until: datetime, account: str | None, now: datetime) -> list[datetime]:
+    """Dead letters in range become due retries (same tracking ids); the hours they belong to."""
+    where, params = _range_params(since, until, account)
+    hours = [row[0] for row in connection.execute(
+        typed(f"SELECT DISTINCT hour FROM remittances WHERE status = 'failed' AND {where}", {"since": "ts", "until": "ts"}, {"hour": "ts"}),
+        params,
+    )]
+    connection.execute(
+        _typed_range(
+            f"UPDATE remittances SET status = 'retryable', next_attempt_at = :now, claimed_by = NULL, claimed_until = NULL "
+            f"WHERE status = 'failed' AND {where}", ("now",),
+        ),
+        {**params, "now": now},
+    )
+    return sorted(hours)
+
+
+def reset_range(connection: Connection, since: datetime, until: datetime, account: str | None) -> int:
+    """Every record in range back to pending, to be sent again with its own tracking id.
+
+    The target dedups what it already has; a CSV target gets a new batch file
+    holding the same lines (same tracking ids), as a re-send must.
+    """
+    where, params = _range_params(since, until, account)
+    result = connection.execute(
+        _typed_range(
+            f"UPDATE remittances SET status = 'pending', next_attempt_at = NULL, sent_at = NULL, claimed_by = NULL, "
+            f"claimed_until = NULL WHERE status <> 'pending' AND {where}"
+        ),
+        params,
+    )
+    return int(result.rowcount or 0)
+
+
+def due_retry_hours(connection: Connection, now: datetime) -> list[datetime]:
+    return [row[0] for row in connection.execute(
+        typed(
+            "SELECT DISTINCT hour FROM remittances WHERE status = 'retryable' AND next_attempt_at <= :now "
+            "AND (claimed_until IS NULL OR claimed_until < :now)",
+            {"now": "ts"}, {"hour": "ts"},
+        ),
+        {"now": now},
+    )]
+
+
+def ledger_changed_minutes(connection: Connection, after: datetime) -> dict[datetime, datetime]:
+    """bucket_start -> latest created_at of entries created after `after` (index-only on the created_at index)."""
+    rows = connection.execute(
+        typed(
+            "SELECT bucket_start, MAX(created_at) AS created FROM billing_ledger WHERE created_at > :after GROUP BY bucket_start",
+            {"after": "ts"}, {"bucket_start": "ts", "created": "ts"},
+        ),
+        {"after": after},
+    )
+    return {minute: created for minute, created in rows}

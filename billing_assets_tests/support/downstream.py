@@ -74,3 +74,55 @@ def per_account_metric(values: dict) -> dict[tuple[str, str], int]:
     for (account, metric, _hour), quantity in values.items():
         totals[(account, metric)] += quantity
     return dict(totals)
+
+
+# --- a ledger written directly, for the delivery tests --------------------------
+# Delivery tests are about what leaves the system, not how the ledger was
+# made (test_hourly_usage and the end-to-end test collect for real); writing
+# entries straight into the append-only ledger keeps each of them to seconds.
+
+def write_ledger(engine, entries: list[tuple[str, datetime, int, int]], source_id: str = "s-1") -> None:
+    """Append (uuid, minute, uplink, downlink) as entries; repeats of a key become corrections."""
+    from decimal import Decimal
+
+    from sqlalchemy import func
+
+    from billing_assets.storage.schema import billing_ledger
+
+    now = datetime.now(timezone.utc)
+    with engine.begin() as connection:
+        for user, minute, up, down in entries:
+            seq = connection.execute(
+                select(func.count()).select_from(billing_ledger).where(
+                    billing_ledger.c.uuid == user, billing_ledger.c.bucket_start == minute
+                )
+            ).scalar_one() + 1
+            connection.execute(billing_ledger.insert(), [dict(
+                node_id=f"node-{source_id}", env="test", uuid=user, inbound_tag="t", bucket_start=minute, entry_seq=seq,
+                source_id=source_id, email="u@example.test", uplink_bytes=up, downlink_bytes=down, amount=Decimal(0),
+                amount_nanos=0, currency="USD", plan="standard", entry_kind="charge" if seq == 1 else "correction",
+                created_at=now, run_id=None,
+            )])
+
+
+def disabled_registry(path: Path, source_id: str = "s-1") -> Path:
+    """A registry whose one source is disabled: it holds no hour back, so hours are complete."""
+    path.write_text(yaml.safe_dump({"sources": [{
+        "source_id": source_id, "node_id": f"node-{source_id}", "env": "test", "base_url": "https://127.0.0.1:1",
+        "enabled": False, "auth_mode": "bearer", "credential_ref": "env:UNUSED_TOKEN", "ca_bundle_ref": "file:/nonexistent/ca.pem",
+        "server_name": "unused.test", "billing_start": "2026-01-01T00:00:00Z",
+    }]}))
+    return path
+
+
+class FakeClock:
+    """`defs.ops.clock.now` for the remittance runs, so backoff can be waited out instantly."""
+
+    def __init__(self, start: datetime):
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta) -> None:
+        self.now += timedelta(**delta)
