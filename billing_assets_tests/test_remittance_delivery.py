@@ -7,60 +7,15 @@ The receiver's own query endpoint is the judge of what it accepted.
 
 from __future__ import annotations
 
-import secrets
 import threading
-from collections import defaultdict
 from datetime import timedelta
 
 import pytest
 
-from billing_assets.exporter import ServerTls, generate_tls_material
-from billing_assets.receiver import ReceiverFaults, ReceiverServer
-from billing_assets.receiver.admin import ReceiverAdmin
-from billing_assets.storage import downstream as store
-from billing_assets_tests.support.downstream import (
-    HOUR, FakeClock, disabled_registry, first_hour, remit, remittance_rows, write_accounts, write_ledger,
-)
+from billing_assets.receiver import ReceiverFaults
+from billing_assets_tests.support.downstream import HOUR, remit, remittance_rows, write_ledger
 
-U = ["11111111-1111-4111-8111-%012d" % i for i in range(4)]
-SUBS = {"acme": "acme-sub", "globex": "globex-sub", "initech": "initech-sub"}
-
-
-@pytest.fixture
-def world(billing_env, tmp_path, monkeypatch):
-    h0 = first_hour(5)
-    tls = generate_tls_material(tmp_path / "rtls", server_names=("kb.test",))
-    token = secrets.token_urlsafe(16)
-    monkeypatch.setenv("REMIT_TEST_KB_TOKEN", token)
-    receiver = ReceiverServer(ServerTls(tls.server_cert, tls.server_key), auth="bearer", credential=token).start()
-    disabled_registry(billing_env.sources_file)
-    accounts = write_accounts(
-        tmp_path / "accounts.yaml",
-        {"kb": {"kind": "killbill", "base_url": receiver.url, "auth_mode": "bearer", "credential_ref": "env:REMIT_TEST_KB_TOKEN",
-                "ca_bundle_ref": f"file:{tls.ca_cert}", "server_name": "kb.test", "request_timeout": "2s", "max_in_flight": 4}},
-        [
-            {"account_id": "acme", "subscription_key": SUBS["acme"], "targets": ["kb"], "users": [{"uuid": U[0]}, {"uuid": U[1]}]},
-            {"account_id": "globex", "subscription_key": SUBS["globex"], "targets": ["kb"], "users": [{"uuid": U[2]}]},
-            {"account_id": "initech", "subscription_key": SUBS["initech"], "targets": ["kb"], "users": [{"uuid": U[3]}]},
-        ],
-    )
-    monkeypatch.setenv("BILLING_ACCOUNTS_FILE", str(accounts))
-    clock = FakeClock(h0 + 3 * HOUR + timedelta(minutes=20))
-    monkeypatch.setattr("billing_assets.defs.ops.clock.now", clock)
-    entries = [(U[i], h0 + h * HOUR + timedelta(minutes=7 * i + h), 1000 * (i + 1) + h, 10 * (i + 1) + h) for h in range(3) for i in range(4)]
-    write_ledger(billing_env.engine, entries)
-    admin = ReceiverAdmin(receiver.url, tls.ca_cert, "kb.test", "bearer", token)
-    yield h0, receiver, admin, clock, entries
-    receiver.stop()
-
-
-def ledger_by_subscription(entries) -> dict[tuple[str, str], int]:
-    owner = {U[0]: "acme", U[1]: "acme", U[2]: "globex", U[3]: "initech"}
-    totals = defaultdict(int)
-    for user, _minute, up, down in entries:
-        totals[(SUBS[owner[user]], "uplink_bytes")] += up
-        totals[(SUBS[owner[user]], "downlink_bytes")] += down
-    return dict(totals)
+from billing_assets_tests.support.downstream import SUBS, U, ledger_by_subscription, remit_world as world  # noqa: F401 - fixture
 
 
 def test_receiver_down_for_two_hours_then_every_hour_arrives_once_in_order(billing_env, world):

@@ -81,15 +81,20 @@ def per_account_metric(values: dict) -> dict[tuple[str, str], int]:
 # made (test_hourly_usage and the end-to-end test collect for real); writing
 # entries straight into the append-only ledger keeps each of them to seconds.
 
-def write_ledger(engine, entries: list[tuple[str, datetime, int, int]], source_id: str = "s-1") -> None:
-    """Append (uuid, minute, uplink, downlink) as entries; repeats of a key become corrections."""
+def write_ledger(engine, entries: list[tuple[str, datetime, int, int]], source_id: str = "s-1", created_at: datetime | None = None) -> None:
+    """Append (uuid, minute, uplink, downlink) as entries; repeats of a key become corrections.
+
+    `created_at` defaults to the patched `defs.ops.clock.now`, the clock the
+    downstream stage compares it with.
+    """
     from decimal import Decimal
 
     from sqlalchemy import func
 
+    from billing_assets.defs.ops import clock
     from billing_assets.storage.schema import billing_ledger
 
-    now = datetime.now(timezone.utc)
+    now = created_at or clock.now()
     with engine.begin() as connection:
         for user, minute, up, down in entries:
             seq = connection.execute(
@@ -126,3 +131,57 @@ class FakeClock:
 
     def advance(self, **delta) -> None:
         self.now += timedelta(**delta)
+
+
+# --- a receiver, three accounts and three hours of ledger ------------------------
+
+import secrets  # noqa: E402
+
+import pytest  # noqa: E402
+
+from billing_assets.exporter import ServerTls, generate_tls_material  # noqa: E402
+from billing_assets.receiver import ReceiverServer  # noqa: E402
+from billing_assets.receiver.admin import ReceiverAdmin  # noqa: E402
+
+U = ["11111111-1111-4111-8111-%012d" % i for i in range(4)]
+SUBS = {"acme": "acme-sub", "globex": "globex-sub", "initech": "initech-sub"}
+
+
+@pytest.fixture
+def remit_world(billing_env, tmp_path, monkeypatch):
+    h0 = first_hour(5)
+    tls = generate_tls_material(tmp_path / "rtls", server_names=("kb.test",))
+    token = secrets.token_urlsafe(16)
+    monkeypatch.setenv("REMIT_TEST_KB_TOKEN", token)
+    receiver = ReceiverServer(ServerTls(tls.server_cert, tls.server_key), auth="bearer", credential=token).start()
+    disabled_registry(billing_env.sources_file)
+    accounts = write_accounts(
+        tmp_path / "accounts.yaml",
+        {"kb": {"kind": "killbill", "base_url": receiver.url, "auth_mode": "bearer", "credential_ref": "env:REMIT_TEST_KB_TOKEN",
+                "ca_bundle_ref": f"file:{tls.ca_cert}", "server_name": "kb.test", "request_timeout": "2s", "max_in_flight": 4}},
+        [
+            {"account_id": "acme", "subscription_key": SUBS["acme"], "targets": ["kb"], "users": [{"uuid": U[0]}, {"uuid": U[1]}]},
+            {"account_id": "globex", "subscription_key": SUBS["globex"], "targets": ["kb"], "users": [{"uuid": U[2]}]},
+            {"account_id": "initech", "subscription_key": SUBS["initech"], "targets": ["kb"], "users": [{"uuid": U[3]}]},
+        ],
+    )
+    monkeypatch.setenv("BILLING_ACCOUNTS_FILE", str(accounts))
+    monkeypatch.setenv("BILLING_REMIT_LOOKBACK", "6h")
+    clock = FakeClock(h0 + 3 * HOUR + timedelta(minutes=20))
+    monkeypatch.setattr("billing_assets.defs.ops.clock.now", clock)
+    entries = [(U[i], h0 + h * HOUR + timedelta(minutes=7 * i + h), 1000 * (i + 1) + h, 10 * (i + 1) + h) for h in range(3) for i in range(4)]
+    write_ledger(billing_env.engine, entries)
+    admin = ReceiverAdmin(receiver.url, tls.ca_cert, "kb.test", "bearer", token)
+    yield h0, receiver, admin, clock, entries
+    receiver.stop()
+
+
+def ledger_by_subscription(entries) -> dict[tuple[str, str], int]:
+    owner = {U[0]: "acme", U[1]: "acme", U[2]: "globex", U[3]: "initech"}
+    totals = defaultdict(int)
+    for user, _minute, up, down in entries:
+        totals[(SUBS[owner[user]], "uplink_bytes")] += up
+        totals[(SUBS[owner[user]], "downlink_bytes")] += down
+    return dict(totals)
+
+
