@@ -157,6 +157,27 @@ def test_each_fault_gives_the_outcome_the_status_machine_expects(receiver, clien
     assert stored == (1 if faults.accept_then_drop else 0)
 
 
+def test_request_timeout_is_a_deadline_for_the_whole_exchange_not_per_read(receiver, tls, token_env):
+    # ~190 bytes of answer, 8 bytes every 0.1 s: every single read succeeds
+    # well within 1 s, the whole answer takes ~2.4 s.
+    receiver.faults = ReceiverFaults(trickle_s=0.1)
+    with KillBillClient(kb_target(receiver, tls, token_env, request_timeout="1s")) as kb:
+        started = time.monotonic()
+        outcome = kb.send(record())
+        elapsed = time.monotonic() - started
+        assert outcome.status == "retryable", outcome
+        assert elapsed < 1.5
+        assert receiver.store.accepted_count() == 1  # ambiguous: it was taken
+        receiver.faults = None
+        assert kb.send(record()).status == "accepted"  # the pool recovered from the cut connection
+
+
+def test_a_slow_but_in_time_answer_is_accepted(receiver, tls, token_env):
+    receiver.faults = ReceiverFaults(delay_s=0.5)
+    with KillBillClient(kb_target(receiver, tls, token_env, request_timeout="2s")) as kb:
+        assert kb.send(record()).status == "accepted"
+
+
 def test_429_retry_after_seconds_and_http_date_are_parsed(receiver, client):
     receiver.faults = ReceiverFaults(rate_limit=True, retry_after="7")
     assert client.send(record()).retry_after_s == 7.0

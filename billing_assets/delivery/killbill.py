@@ -6,10 +6,18 @@ attempt: an exception would lose which record got which answer. Only local
 misconfiguration (missing credential, unreadable CA) raises, at construction,
 before anything is sent.
 
-Why a pooled transport and threads: one TLS handshake costs more than the
-request itself, so connections are kept alive (HTTP/1.1) and shared; Kill Bill takes one
-record per request, so throughput comes from a bounded number of requests in
-flight (`max_in_flight`), not from batching.
+Why a pooled connection and threads: one TLS handshake costs more than the
+request itself, so connections are kept alive (HTTP/1.1) and shared; Kill
+Bill takes one record per request, so throughput comes from a bounded number
+of requests in flight (`max_in_flight`), not from batching.
+
+Why httpcore (httpx's own connection pool) rather than `httpx.Client`: the
+Client's layers (cookies, auth flows, redirects, URL merging) cost as much
+CPU per request as the HTTP exchange itself (measured ~370 vs ~220 µs), which
+caps a GIL-bound sender, and we want none of them (a redirect must never be
+followed with our credential); and only the pool takes a network backend,
+which is how `request_timeout` becomes a deadline for the whole exchange
+(`deadline.py`). TLS is the same pinned context and SNI override as sources.
 
 Ambiguity is retryable: a timeout or a connection dropped after the request
 went out may or may not have been recorded by the target, and resending the
@@ -29,8 +37,9 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 
-import httpx
+import httpcore
 
+from billing_assets.delivery.deadline import DeadlineBackend, deadline_in
 from billing_assets.delivery.outcome import DETAIL_LIMIT, Outcome, UsageRecord
 from billing_assets.delivery.targets import KillBillTarget
 from billing_assets.registry.credentials import CredentialError, resolve_bearer_token, resolve_secret
@@ -110,31 +119,31 @@ class KillBillClient:
             context = pinned_client_context(target.ca_bundle_path)
         except PinnedCaError as error:
             raise DeliveryConfigError(f"target {name!r}: {error}") from None
-        self._timeout_s = timeout = target.request_timeout.total_seconds()
+        self._timeout_s = target.request_timeout.total_seconds()
         pool = target.max_in_flight
-        # The pooled transport, without httpx.Client on top: the Client's
-        # layers (cookies, auth flows, redirects, URL merging) cost as much CPU
-        # per request as the HTTP exchange itself (measured ~370 vs ~220 µs),
-        # which caps a GIL-bound sender, and we want none of them (a redirect
-        # must never be followed with our credential anyway).
-        self._transport = httpx.HTTPTransport(
-            verify=context,
-            limits=httpx.Limits(max_connections=pool, max_keepalive_connections=pool, keepalive_expiry=30.0),
+        self._pool = httpcore.ConnectionPool(
+            ssl_context=context,
+            max_connections=pool,
+            max_keepalive_connections=pool,
+            keepalive_expiry=30.0,
+            network_backend=DeadlineBackend(),
             # h11 writes headers and body separately; without NODELAY the body
             # may wait for the ACK of the headers (Nagle vs delayed ACK).
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
         )
-        self._url = httpx.URL(target.base_url + USAGES_PATH)
-        self._headers = {
-            "User-Agent": USER_AGENT,
-            "Accept": "application/json",
-            "Content-Type": "application/json",
-            "Authorization": header,
-            "X-Killbill-CreatedBy": "billing-assets",
-        }
+        self._url = httpcore.URL(target.base_url + USAGES_PATH)
+        netloc = self._url.host + (b":%d" % self._url.port if self._url.port else b"")
+        self._headers = [
+            (b"Host", netloc),
+            (b"User-Agent", USER_AGENT.encode()),
+            (b"Accept", b"application/json"),
+            (b"Content-Type", b"application/json"),
+            (b"Authorization", header.encode("ascii")),
+            (b"X-Killbill-CreatedBy", b"billing-assets"),
+        ]
         self._extensions = {
             "sni_hostname": target.server_name,
-            "timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout},
+            "timeout": dict.fromkeys(("connect", "read", "write", "pool"), self._timeout_s),
         }
 
     def __repr__(self) -> str:
@@ -147,52 +156,50 @@ class KillBillClient:
         self.close()
 
     def close(self) -> None:
-        self._transport.close()
+        self._pool.close()
 
     # -- one record -----------------------------------------------------------
 
     def send(self, record: UsageRecord) -> Outcome:
         """The target's answer to one record; never raises for anything the target does.
 
-        The deadline covers connect, write and the whole response body; a
-        server that stalls before its first header byte is bounded by the
-        read timeout, which is the same figure.
+        `request_timeout` is the deadline for the whole exchange (waiting for
+        a pooled connection, connecting, sending, the complete answer).
         """
         body = json.dumps(usage_payload(record), separators=(",", ":")).encode()
-        deadline = time.monotonic() + self._timeout_s
-        request = httpx.Request("POST", self._url, headers=self._headers, content=body, extensions=self._extensions)
+        headers = [*self._headers, (b"Content-Length", b"%d" % len(body))]
+        request = httpcore.Request(b"POST", self._url, headers=headers, content=body, extensions=self._extensions)
         try:
-            response = self._transport.handle_request(request)
-            try:
-                answer = self._read_bounded(response, deadline)
-            finally:
-                response.close()
-        except httpx.TimeoutException as exc:
-            return Outcome("retryable", f"timed out after {self._timeout_s:g}s ({_phase(exc)}); the target may have taken it")
-        except httpx.HTTPError as exc:
+            with deadline_in(self._timeout_s):
+                response = self._pool.handle_request(request)
+                try:
+                    answer = self._read_some(response)
+                finally:
+                    response.close()
+        except httpcore.TimeoutException as exc:
+            return Outcome("retryable", f"timed out: no complete answer within {self._timeout_s:g}s ({_phase(exc)}); the target may have taken it")
+        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol) as exc:
             tls = describe_tls_failure(exc)
             if tls is not None:
                 # Retrying cannot fix trust: wrong CA, wrong server_name or a
                 # certificate from someone else. Refused, so it is seen.
                 return Outcome("refused", self._scrub(f"{tls} (server_name {self.target.server_name!r})"))
             return Outcome("retryable", self._scrub(_describe_transport(exc)))
-        if answer is None:
-            return Outcome("retryable", f"no complete answer within {self._timeout_s:g}s (deadline)", response.status_code)
         return self._classify(response, answer)
 
-    def _read_bounded(self, response: httpx.Response, deadline: float) -> bytes | None:
+    @staticmethod
+    def _read_some(response: httpcore.Response) -> bytes:
+        """The whole body is read (so the connection can be reused), only its start kept."""
         chunks: list[bytes] = []
         size = 0
-        for chunk in response.iter_raw():
+        for chunk in response.iter_stream():
             if size < 4 * DETAIL_LIMIT:
                 chunks.append(chunk)
                 size += len(chunk)
-            if time.monotonic() > deadline:
-                return None
         return b"".join(chunks)
 
-    def _classify(self, response: httpx.Response, answer: bytes) -> Outcome:
-        code = response.status_code
+    def _classify(self, response: httpcore.Response, answer: bytes) -> Outcome:
+        code = response.status
         detail = self._scrub(f"HTTP {code}" + (f": {_text(answer)}" if answer.strip() else ""))
         if 200 <= code < 300:
             return Outcome("accepted", detail, code)
@@ -200,7 +207,7 @@ class KillBillClient:
             # The tracking id is already recorded: our earlier attempt landed.
             return Outcome("accepted", detail, code)
         if code == 429 or code >= 500 or code == 408:
-            return Outcome("retryable", detail, code, parse_retry_after(response.headers.get("Retry-After")))
+            return Outcome("retryable", detail, code, parse_retry_after(_header(response, b"retry-after")))
         return Outcome("refused", detail, code)
 
     def _scrub(self, text: str) -> str:
@@ -285,20 +292,27 @@ def _text(answer: bytes) -> str:
     return json.dumps(parsed, separators=(",", ":"))
 
 
-def _phase(exc: httpx.TimeoutException) -> str:
+def _header(response: httpcore.Response, name: bytes) -> str | None:
+    for key, value in response.headers:
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+def _phase(exc: httpcore.TimeoutException) -> str:
     return {
-        httpx.ConnectTimeout: "connect",
-        httpx.ReadTimeout: "waiting for the answer",
-        httpx.WriteTimeout: "sending",
-        httpx.PoolTimeout: "waiting for a pooled connection",
+        httpcore.ConnectTimeout: "connecting",
+        httpcore.ReadTimeout: "waiting for the answer",
+        httpcore.WriteTimeout: "sending",
+        httpcore.PoolTimeout: "waiting for a pooled connection",
     }.get(type(exc), "request")
 
 
-def _describe_transport(exc: httpx.HTTPError) -> str:
-    if isinstance(exc, httpx.ConnectError):
+def _describe_transport(exc: Exception) -> str:
+    if isinstance(exc, httpcore.ConnectError):
         return "cannot connect to the target (connection refused or closed during the handshake)"
-    if isinstance(exc, httpx.RemoteProtocolError):
+    if isinstance(exc, httpcore.RemoteProtocolError):
         return "the target closed the connection without a complete answer; it may have taken the record"
-    if isinstance(exc, (httpx.ReadError, httpx.WriteError)):
+    if isinstance(exc, (httpcore.ReadError, httpcore.WriteError)):
         return f"connection to the target broke ({exc.__class__.__name__}); it may have taken the record"
     return f"request failed ({exc.__class__.__name__})"

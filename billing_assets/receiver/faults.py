@@ -32,6 +32,10 @@ class ReceiverFaults:
     """Store the record (dedup applies), then close the connection without answering."""
     delay_s: float = 0.0
     """Sleep this long before handling a usage request (client timeouts, concurrency)."""
+    trickle_s: float = 0.0
+    """Write the whole answer (status line and headers too) 8 bytes at a time,
+    sleeping this long between writes: no single read ever times out, so only
+    a total deadline on the client side stops it. The record is stored first."""
 
     def __post_init__(self) -> None:
         self.refuse_subscriptions = frozenset(self.refuse_subscriptions)
@@ -39,8 +43,8 @@ class ReceiverFaults:
             raise ValueError("status_5xx must be 5xx")
         if not 400 <= self.refuse_status <= 499 or self.refuse_status in (408, 409, 429):
             raise ValueError("refuse_status must be a 4xx that means 'refused' (not 408, 409 or 429)")
-        if self.delay_s < 0 or self.fail_first_n < 0:
-            raise ValueError("delay_s and fail_first_n must be >= 0")
+        if self.delay_s < 0 or self.trickle_s < 0 or self.fail_first_n < 0:
+            raise ValueError("delay_s, trickle_s and fail_first_n must be >= 0")
 
     @classmethod
     def from_dict(cls, data: dict) -> ReceiverFaults:

@@ -18,6 +18,7 @@ import socket
 import ssl
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime
 from http.server import BaseHTTPRequestHandler
 from typing import Any, Literal
@@ -37,6 +38,12 @@ HEALTH_PATH = "/healthz"
 MAX_BODY = 1 << 20
 
 DROP = object()  # close the connection without an answer
+
+
+@dataclass(frozen=True)
+class Trickle:
+    reply: Reply
+    interval_s: float
 
 
 def _json(status: int, value: object, **headers: str) -> Reply:
@@ -130,6 +137,9 @@ class _Handler(BaseHTTPRequestHandler):
         body = self.rfile.read(length) if length else b""
         url = urlsplit(self.path)
         reply = self.server.app.handle(method, url.path, url.query, self.headers.get("Authorization"), body)
+        if isinstance(reply, Trickle):
+            self._reply(reply.reply, reply.interval_s)
+            return
         if reply is DROP:
             self.close_connection = True
             try:
@@ -139,16 +149,24 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._reply(reply)
 
-    def _reply(self, reply: Reply) -> None:
+    def _reply(self, reply: Reply, trickle_s: float = 0.0) -> None:
         self.send_response(reply.status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(reply.body)))
         for name, value in reply.headers.items():
             self.send_header(name, value)
-        self.end_headers()
         try:
-            self.wfile.write(reply.body)
-        except (BrokenPipeError, ConnectionResetError, ssl.SSLError):
+            if not trickle_s:
+                self.end_headers()
+                self.wfile.write(reply.body)
+                return
+            raw = b"".join(self._headers_buffer) + b"\r\n" + reply.body
+            self._headers_buffer = []
+            for start in range(0, len(raw), 8):
+                self.wfile.write(raw[start : start + 8])
+                self.wfile.flush()
+                time.sleep(trickle_s)
+        except (BrokenPipeError, ConnectionResetError, ssl.SSLError, OSError):
             self.close_connection = True
 
 
@@ -331,10 +349,12 @@ class ReceiverServer:
         if faults.accept_then_drop:
             return DROP
         if new:
-            return Reply(201, b"", {"Location": f"{USAGES_PATH}/{tracking_id}"})
-        if self.duplicate_status == 200:
-            return Reply(200, b"")
-        return kb_error(409, "org.killbill.billing.usage.api.UsageApiException", 7303, f"tracking id {tracking_id} already recorded")
+            reply = Reply(201, b"", {"Location": f"{USAGES_PATH}/{tracking_id}"})
+        elif self.duplicate_status == 200:
+            reply = Reply(200, b"")
+        else:
+            reply = kb_error(409, "org.killbill.billing.usage.api.UsageApiException", 7303, f"tracking id {tracking_id} already recorded")
+        return Trickle(reply, faults.trickle_s) if faults.trickle_s > 0 else reply
 
     def _accepted(self, query: str) -> Reply:
         params = parse_qs(query)
