@@ -281,6 +281,17 @@ def test_a_target_echoing_the_secret_never_gets_it_into_the_outcome(receiver, cl
     assert TOKEN not in outcome.detail and "**********" in outcome.detail
 
 
+def test_no_credential_reaches_any_log_even_at_debug(receiver, client, caplog):
+    caplog.set_level("DEBUG")
+    receiver.faults = ReceiverFaults(refuse_subscriptions={"bad"})
+    for sent in (record(), record(subscription="bad")):
+        client.send(sent)
+    receiver.faults = ReceiverFaults(accept_then_drop=True)
+    client.send(record())
+    assert caplog.records  # the receiver and httpcore did log at debug
+    assert TOKEN not in caplog.text
+
+
 def test_basic_credential_without_a_colon_is_a_clear_local_error(receiver, tls, monkeypatch):
     monkeypatch.setenv("REMIT_BASIC", "justapassword")
     with pytest.raises(DeliveryConfigError, match="user:password") as error:

@@ -6,6 +6,9 @@ counter behind `fail_first_n`), or `POST /_faults` with the same fields as
 JSON from the demo or another process. Faults apply to `POST /1.0/kb/usages`
 only; the control endpoints (`/_faults`, `/1.0/kb/usages/accepted`,
 `/healthz`) keep answering so a test can always see and undo what it did.
+`down` therefore reads the request before closing; an outage where
+connections are refused outright is `server.stop()` / `server.start()` (same
+port), or stopping the `billing-receiver` process.
 """
 
 from __future__ import annotations
