@@ -161,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
                 accepted = receiver.accepted()
                 print(
                     f"killbill: {result['records']:,} records in {result['seconds']:.1f} s = {result['per_s']:,.0f} records/s "
-                    f"(max_in_flight {args.in_flight}, one pooled HTTP/1.1 keep-alive httpx transport, one request per record); "
+                    f"(max_in_flight {args.in_flight}, one httpcore pool (httpx engine), HTTP/1.1 keep-alive, one request per record); "
                     f"outcomes {result['statuses']}; receiver accepted {accepted:,}; "
                     f"client CPU {result['client_cpu_us']:.0f} µs/record; client peak RSS {delivery_rss:.0f} MiB while delivering "
                     f"({peak_rss_mib():.0f} MiB after fetching the receiver's totals to check them)",
