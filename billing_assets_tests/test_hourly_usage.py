@@ -1,7 +1,7 @@
-"""hourly_usage through real Dagster runs: the SQL derivation equals the pure
-core over every ledger row, moves split an hour on the minute, unassigned
-usage is kept apart, and completeness holds a lagging hour back until its
-source catches up or an operator forces it (recorded with who and why)."""
+"""Completeness through real Dagster runs: a lagging source holds its hour
+back until it catches up, or an operator forces it (recorded with who and
+why). The SQL derivation itself is compared with the pure core in
+test_remittance_end_to_end."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 
 from billing_assets.accounts.model import load_accounts
 from billing_assets_tests.support.downstream import (
-    HOUR, collect, expected_hourly, first_hour, remit, remittance_rows, stored_hourly, users_of, write_accounts,
+    HOUR, collect, first_hour, remit, remittance_rows, users_of, write_accounts,
 )
 from billing_assets.storage import downstream as store
 
@@ -41,28 +41,6 @@ def two_sources(billing_env, tmp_path, monkeypatch):
     monkeypatch.setenv("BILLING_ACCOUNTS_FILE", str(accounts_file))
     monkeypatch.setenv("BILLING_REMIT_SETTLE", "10m")
     return h0, a, b, load_accounts(accounts_file)
-
-
-def test_hourly_usage_equals_the_core_over_the_ledger_and_splits_moves(billing_env, two_sources):
-    h0, a, b, accounts = two_sources
-    collect(billing_env, ["src-a", "src-b"], h0, h0 + 2 * HOUR + timedelta(minutes=15))
-    result = remit(billing_env, h0, h0 + HOUR)
-    assert result.success
-    engine = billing_env.engine
-    assigned, unassigned = stored_hourly(engine)
-    want_assigned, want_unassigned = expected_hourly(engine, accounts.memberships, [h0, h0 + HOUR])
-    assert {k: v for k, v in assigned.items() if v} == {k: v for k, v in want_assigned.items() if v}
-    assert {k: v for k, v in unassigned.items() if v} == {k: v for k, v in want_unassigned.items() if v}
-    # The move is real in the data: both sides of it got part of h0.
-    assert assigned[("globex", "downlink_bytes", h0)] > 0 and assigned[("acme2", "downlink_bytes", h0)] > 0
-    assert sum(unassigned.values()) > 0, "users outside every account are kept, not dropped"
-    # Both hours complete: planned, and the CSV target took everything assigned.
-    rows = remittance_rows(engine)
-    assert rows and all(r["status"] == "sent" for r in rows)
-    sent = {}
-    for r in rows:
-        sent[(r["account_id"], r["metric"], r["hour"])] = sent.get((r["account_id"], r["metric"], r["hour"]), 0) + r["quantity"]
-    assert sent == {k: v for k, v in assigned.items() if v}
 
 
 def test_a_lagging_source_holds_the_hour_back_until_it_catches_up_or_is_forced(billing_env, two_sources):
