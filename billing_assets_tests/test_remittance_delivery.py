@@ -134,3 +134,93 @@ def test_two_racing_remittances_of_one_hour_never_send_a_revision_twice(billing_
     assert {(t["subscription"], t["unitType"]): t["amount"] for t in accepted["totals"]} == ledger_by_subscription(
         [e for e in entries if e[1] < h0 + 2 * HOUR] + [(U[0], h0, 5, 5), (U[2], h0 + HOUR, 7, 7)]
     )
+
+
+def test_a_run_killed_between_send_and_commit_is_finished_by_the_next_without_double_counting(billing_env, world):
+    """SIGKILL while records are in flight: the target has some, our rows do not say so.
+
+    The rows stay leased to the dead run; once the lease ends the next run
+    sends them again with the same tracking ids and the target counts each once.
+    """
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from datetime import datetime, timezone
+
+    h0, receiver, admin, clock, entries = world
+    receiver.faults = ReceiverFaults(delay_s=0.3)
+    script = (
+        "import dagster as dg\n"
+        "from datetime import datetime\n"
+        "from billing_assets.definitions import defs\n"
+        "from billing_assets.defs.downstream.launch import materialize_hours\n"
+        f"first, last = datetime.fromisoformat({h0.isoformat()!r}), datetime.fromisoformat({(h0 + 2 * HOUR).isoformat()!r})\n"
+        "materialize_hours(defs, dg.DagsterInstance.get(), first, last)\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while admin.accepted(totals_only=True)["accepted"] < 3:
+            assert child.poll() is None, "the run ended before it could be killed"
+            assert time.monotonic() < deadline, "the run never started sending"
+            time.sleep(0.05)
+        os.kill(child.pid, signal.SIGKILL)
+    finally:
+        child.wait(timeout=30)
+    rows = remittance_rows(billing_env.engine)
+    taken = admin.accepted()["accepted"]
+    assert rows and taken >= 3 and not any(r["status"] == "sent" for r in rows), "killed before any outcome was committed"
+    assert any(r["claimed_by"] for r in rows), "the dead run's lease is still on its rows"
+
+    receiver.faults = ReceiverFaults()
+    clock.now = datetime.now(timezone.utc) + timedelta(minutes=11)  # past the dead run's lease
+    assert remit(billing_env, h0, h0 + 2 * HOUR).success
+    rows = remittance_rows(billing_env.engine)
+    assert all(r["status"] == "sent" for r in rows)
+    accepted = admin.accepted()
+    assert accepted["accepted"] == len(rows)
+    assert max(accepted["requests_by_tracking_id"].values()) == 2, "the in-flight ones were sent again, same id"
+    assert {(t["subscription"], t["unitType"]): t["amount"] for t in accepted["totals"]} == ledger_by_subscription(entries)
+
+
+def test_a_negative_correction_is_carried_as_credit_and_netted_never_sent_negative(billing_env, world):
+    h0, receiver, admin, clock, entries = world
+    assert remit(billing_env, h0, h0).success
+    # The ledger takes 900 bytes of uplink back from acme's h0 (a correction entry).
+    write_ledger(billing_env.engine, [(U[0], h0 + timedelta(minutes=0), -900, 0)])
+    assert remit(billing_env, h0, h0 + HOUR).success
+    rows = remittance_rows(billing_env.engine)
+    assert all(r["quantity"] > 0 for r in rows), "no negative or empty usage leaves the system"
+    acme_up = [r for r in rows if r["account_id"] == "acme" and r["metric"] == "uplink_bytes"]
+    h1_acme = sum(e[2] for e in entries if e[1] >= h0 + HOUR and e[1] < h0 + 2 * HOUR and e[0] in U[:2])
+    assert [(r["hour"], r["revision"], r["quantity"]) for r in acme_up] == [
+        (h0, 0, sum(e[2] for e in entries if e[1] < h0 + HOUR and e[0] in U[:2])),
+        (h0 + HOUR, 0, h1_acme - 900),
+    ], "the credit is netted against the next hour"
+    with billing_env.engine.connect() as connection:
+        carried = connection.exec_driver_sql("SELECT carried FROM remittance_carry WHERE account_id = 'acme' AND metric = 'uplink_bytes'").scalar_one()
+    assert carried == 0
+    totals = {(t["subscription"], t["unitType"]): t["amount"] for t in admin.accepted()["totals"]}
+    want = ledger_by_subscription([e for e in entries if e[1] < h0 + 2 * HOUR] + [(U[0], h0, -900, 0)])
+    assert totals == want
+
+
+def test_a_broken_accounts_file_fails_the_run_by_name_and_changes_nothing(billing_env, world, tmp_path, monkeypatch):
+    from billing_assets_tests.support.outcomes import failure_text
+
+    h0, receiver, admin, clock, entries = world
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        "targets: {}\naccounts:\n  - {account_id: acme, subscription_key: s, targets: [kb], users: [{uuid: not-a-uuid}]}\n"
+    )
+    monkeypatch.setenv("BILLING_ACCOUNTS_FILE", str(broken))
+    result = remit(billing_env, h0, h0)
+    assert not result.success
+    text = failure_text(result)
+    assert "broken.yaml" in text and "account 'acme'" in text and "users.0.uuid" in text
+    assert remittance_rows(billing_env.engine) == []
+    with billing_env.engine.connect() as connection:
+        assert connection.exec_driver_sql("SELECT COUNT(*) FROM hourly_usage").scalar_one() == 0
+    assert admin.accepted()["accepted"] == 0
