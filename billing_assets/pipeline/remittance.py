@@ -9,6 +9,7 @@ same tracking id.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from sqlalchemy import Engine
 from billing_assets.accounts.model import Accounts
 from billing_assets.core.hourly import METRICS
 from billing_assets.core.remittance import backoff_seconds, plan_hour
-from billing_assets.delivery.csv_files import CsvLine, file_name_for, write_batch_file
+from billing_assets.delivery.csv_files import CsvLine, file_name_for, render_batch, write_batch_file
 from billing_assets.delivery.killbill import KillBillClient
 from billing_assets.delivery.outcome import UsageRecord
 from billing_assets.storage import downstream as store
@@ -189,15 +190,18 @@ def _deliver_csv(engine, name, target, run_id, clock, settings: DeliverySettings
             return
         for hour, group in groupby(claimed, key=lambda row: row.hour):
             rows = list(group)
+            content, line_of = render_batch(_csv_lines(rows))
             with engine.begin() as connection:
-                file_name = store.reserve_batch(connection, name, hour, rows, file_name_for, clock())
+                file_name = store.reserve_batch(
+                    connection, name, hour, rows, file_name_for, line_of, hashlib.sha256(content).hexdigest(), clock()
+                )
             _write_and_finish(engine, name, target, file_name, rows, run_id, clock, stats)
 
 
 def _write_and_finish(engine, name, target, file_name, rows, run_id, clock, stats: DeliveryStats) -> None:
-    written = write_batch_file(target, file_name, _csv_lines(rows))
+    write_batch_file(target, file_name, _csv_lines(rows))  # adopts the file if a dead run already wrote these bytes
     with engine.begin() as connection:
-        store.finish_batch(connection, name, file_name, written.sha256, dict(written.line_of), rows, run_id, clock())
+        store.finish_batch(connection, name, file_name, rows, run_id, clock())
     stats.accepted += len(rows)
     stats.files.append(file_name)
 

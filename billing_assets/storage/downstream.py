@@ -421,13 +421,13 @@ def record_attempts(connection: Connection, attempts: Sequence[Attempt], run_id:
     )
     ts = _ts()
     accepted = [a.remittance_id for a in attempts if a.outcome == "accepted"]
-    if accepted:
+    for start in range(0, len(accepted), 5000):  # SQLite caps bound variables per statement
         connection.execute(
             text(
                 "UPDATE remittances SET status = 'sent', sent_at = :now, attempts = attempts + 1, next_attempt_at = NULL, "
                 "claimed_by = NULL, claimed_until = NULL WHERE id IN :ids AND status <> 'sent'"
             ).bindparams(bindparam("ids", expanding=True), bindparam("now", type_=ts)),
-            {"ids": accepted, "now": now},
+            {"ids": accepted[start:start + 5000], "now": now},
         )
     for attempt in attempts:
         if attempt.outcome == "accepted":
@@ -444,8 +444,16 @@ def record_attempts(connection: Connection, attempts: Sequence[Attempt], run_id:
 
 # --- CSV batches ------------------------------------------------------------------
 
-def reserve_batch(connection: Connection, target: str, hour: datetime, claimed: Sequence[Claimed], name_for, now: datetime) -> str:
-    """Step 1 of the CSV protocol: a new batch name for (target, hour), its rows assigned ('writing')."""
+def reserve_batch(
+    connection: Connection, target: str, hour: datetime, claimed: Sequence[Claimed], name_for,
+    line_of: dict[str, int], sha256: str, now: datetime,
+) -> str:
+    """Step 1 of the CSV protocol: a new batch name for (target, hour), its rows assigned ('writing').
+
+    The file's bytes are a pure function of its lines, so line numbers and
+    sha256 are known before it is written and go in with the reservation:
+    step 3 is then one UPDATE, and a recovery can check the file it adopts.
+    """
     hour_lock(connection, "remittance_files", f"{target}:{hour.isoformat()}")
     prefix = name_for(hour, 0)[: -len("0000.csv")]
     used = connection.execute(
@@ -457,7 +465,7 @@ def reserve_batch(connection: Connection, target: str, hour: datetime, claimed: 
     bulk_insert(
         connection, "remittance_files",
         ("target", "file_name", "line", "sha256", "remittance_id", "status", "created_at"),
-        ((target, name, -(index + 1), None, row.id, "writing", stamp(now)) for index, row in enumerate(claimed)),
+        ((target, name, line_of[row.tracking_id], sha256, row.id, "writing", stamp(now)) for row in claimed),
     )
     return name
 
@@ -468,7 +476,7 @@ def unfinished_batches(connection: Connection, target: str) -> dict[str, list[Cl
         typed(
             f"SELECT f.file_name, {', '.join('r.' + c.strip() for c in _CLAIM_COLUMNS.split(','))} "
             "FROM remittance_files f JOIN remittances r ON r.id = f.remittance_id "
-            "WHERE f.target = :target AND f.status = 'writing' ORDER BY f.file_name, f.line DESC",
+            "WHERE f.target = :target AND f.status = 'writing' ORDER BY f.file_name, f.line",
             None, {"hour": "ts"},
         ),
         {"target": target},
@@ -479,22 +487,16 @@ def unfinished_batches(connection: Connection, target: str) -> dict[str, list[Cl
     return batches
 
 
-def finish_batch(connection: Connection, target: str, name: str, sha256: str, line_of: dict[str, int], claimed: Sequence[Claimed], run_id: str, now: datetime) -> None:
-    """Step 3: the file is there; its lines get their physical numbers and sha256, the rows are sent."""
-    ts = _ts()
-    for row in claimed:
-        connection.execute(
-            text(
-                "UPDATE remittance_files SET line = :line, sha256 = :sha, status = 'written', written_at = :now "
-                "WHERE target = :target AND file_name = :name AND remittance_id = :rid AND status = 'writing'"
-            ).bindparams(bindparam("now", type_=ts)),
-            {"line": line_of[row.tracking_id], "sha": sha256, "now": now, "target": target, "name": name, "rid": row.id},
-        )
-    record_attempts(
-        connection,
-        [Attempt(row.id, row.attempts, "accepted", None, f"written to {name} line {line_of[row.tracking_id]}", None) for row in claimed],
-        run_id, now,
+def finish_batch(connection: Connection, target: str, name: str, claimed: Sequence[Claimed], run_id: str, now: datetime) -> None:
+    """Step 3: the file is there; its manifest lines are written, its rows sent."""
+    connection.execute(
+        text(
+            "UPDATE remittance_files SET status = 'written', written_at = :now "
+            "WHERE target = :target AND file_name = :name AND status = 'writing'"
+        ).bindparams(bindparam("now", type_=_ts())),
+        {"now": now, "target": target, "name": name},
     )
+    record_attempts(connection, [Attempt(row.id, row.attempts, "accepted", None, f"written to {name}", None) for row in claimed], run_id, now)
 
 
 # --- operator queries and commands --------------------------------------------------
