@@ -19,8 +19,8 @@ from sqlalchemy import Connection, bindparam, text
 
 from billing_assets.core.hourly import HOUR, Interval
 from billing_assets.core.remittance import NewRecord
-from billing_assets.storage.sql import bulk_insert, is_postgres, time_param, typed, upsert
-from billing_assets.storage.schema import hour_completeness, remittance_carry, remittance_plan
+from billing_assets.storage.sql import bulk_insert, bulk_upsert, is_postgres, time_param, typed, upsert
+from billing_assets.storage.schema import hour_completeness
 from billing_assets.storage.types import UTCDateTime
 
 MEMBERS = "_remit_members"
@@ -289,15 +289,17 @@ def save_plan(
         for r, subscription in records
     )
     inserted = bulk_insert(connection, "remittances", RECORD_COLUMNS, rows)
-    upsert(
-        connection, remittance_plan,
-        [{"target": t, "account_id": a, "metric": m, "hour": hour, "accounted": q, "planned_at": now} for (t, a, m), q in accounted.items()],
-        key=["target", "account_id", "metric", "hour"], update=["accounted", "planned_at"],
+    # COPY into a temporary table + one INSERT … ON CONFLICT on PostgreSQL: an hour of a
+    # large fleet plans hundreds of thousands of keys, too many for row-by-row upserts.
+    bulk_upsert(
+        connection, "remittance_plan", ("target", "account_id", "metric", "hour", "accounted", "planned_at"),
+        ((t, a, m, stamp(hour), q, created) for (t, a, m), q in accounted.items()),
+        key=("target", "account_id", "metric", "hour"), update=("accounted", "planned_at"),
     )
-    upsert(
-        connection, remittance_carry,
-        [{"target": t, "account_id": a, "metric": m, "carried": c, "updated_at": now} for (t, a, m), c in carried.items()],
-        key=["target", "account_id", "metric"], update=["carried", "updated_at"],
+    bulk_upsert(
+        connection, "remittance_carry", ("target", "account_id", "metric", "carried", "updated_at"),
+        ((t, a, m, c, created) for (t, a, m), c in carried.items()),
+        key=("target", "account_id", "metric"), update=("carried", "updated_at"),
     )
     return inserted
 
@@ -345,27 +347,35 @@ def claim_due(
     tracking id, which the target dedups). On PostgreSQL SKIP LOCKED lets
     two runs claim disjoint rows without waiting on each other.
     """
-    where = (
-        "target = :target AND (status = 'pending' OR (status = 'retryable' AND next_attempt_at <= :now)) "
-        "AND (claimed_until IS NULL OR claimed_until < :now) "
+    common = (
+        "target = :target AND (claimed_until IS NULL OR claimed_until < :now) "
         # Rows of a CSV batch reserved but not finished belong to that batch: only
         # its recovery may write them, or they would appear in two files.
         "AND NOT EXISTS (SELECT 1 FROM remittance_files f WHERE f.remittance_id = remittances.id AND f.status = 'writing')"
     )
-    params = {"target": target, "now": now, "limit": limit}
+    params = {"target": target, "now": now}
     types = {"now": "ts"}
     if before is not None:
-        where += " AND hour < :before"
+        common += " AND hour < :before"
         params["before"] = before
         types["before"] = "ts"
     lock = " FOR UPDATE SKIP LOCKED" if is_postgres(connection) else ""
-    rows = connection.execute(
-        typed(
-            f"SELECT {_CLAIM_COLUMNS} FROM remittances WHERE {where} ORDER BY hour, revision, id LIMIT :limit{lock}",
-            types, {"hour": "ts"},
-        ),
-        params,
-    ).all()
+    # Two queries, each walking ix_remittances_claim (target, status, hour, revision, id)
+    # in order, so a claim costs its LIMIT, not a sort of every pending row.
+    rows = []
+    for status_filter in ("status = 'retryable' AND next_attempt_at <= :now", "status = 'pending'"):
+        room = limit - len(rows)
+        if room <= 0:
+            break
+        rows += connection.execute(
+            typed(
+                f"SELECT {_CLAIM_COLUMNS} FROM remittances WHERE {status_filter} AND {common} "
+                f"ORDER BY hour, revision, id LIMIT :limit{lock}",
+                types, {"hour": "ts"},
+            ),
+            {**params, "limit": room},
+        ).all()
+    rows.sort(key=lambda row: (row[5], row[6], row[0]))
     if not rows:
         return []
     ids = [row[0] for row in rows]

@@ -227,7 +227,9 @@ remittances = Table(
     Column("claimed_until", UTCDateTime),
     UniqueConstraint("target", "account_id", "metric", "hour", "revision", name="uq_remittances_key"),
     UniqueConstraint("target", "tracking_id", name="uq_remittances_tracking_id"),
-    Index("ix_remittances_due", "target", "status", "next_attempt_at"),
+    # Claims walk pending rows of a target in hour order; the sensor looks for due retries of any target.
+    Index("ix_remittances_claim", "target", "status", "hour", "revision", "id"),
+    Index("ix_remittances_retry", "status", "next_attempt_at"),
     Index("ix_remittances_hour", "hour"),
 )
 

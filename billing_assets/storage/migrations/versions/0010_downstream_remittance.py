@@ -81,7 +81,8 @@ def upgrade() -> None:
         sa.UniqueConstraint('target', 'account_id', 'metric', 'hour', 'revision', name='uq_remittances_key'),
         sa.UniqueConstraint('target', 'tracking_id', name='uq_remittances_tracking_id'),
     )
-    op.create_index('ix_remittances_due', 'remittances', ['target', 'status', 'next_attempt_at'], unique=False)
+    op.create_index('ix_remittances_claim', 'remittances', ['target', 'status', 'hour', 'revision', 'id'], unique=False)
+    op.create_index('ix_remittances_retry', 'remittances', ['status', 'next_attempt_at'], unique=False)
     op.create_index('ix_remittances_hour', 'remittances', ['hour'], unique=False)
 
     op.create_table('remittance_attempts',
