@@ -44,6 +44,10 @@ def two_sources(billing_env, tmp_path, monkeypatch):
 
 
 def test_a_lagging_source_holds_the_hour_back_until_it_catches_up_or_is_forced(billing_env, two_sources):
+    if not billing_env.database_url.startswith("sqlite"):
+        # The verdict is Python over the same checkpoint and coverage reads; the end-to-end
+        # test gates hours on PostgreSQL too. Four collection runs per database are the cost.
+        pytest.skip("completeness semantics run once, on SQLite")
     h0, *_ = two_sources
     collect(billing_env, ["src-a"], h0, h0 + 2 * HOUR + timedelta(minutes=15))
     collect(billing_env, ["src-b"], h0, h0 + HOUR + timedelta(minutes=5))  # h0 settled for b, h0+1h not even collected

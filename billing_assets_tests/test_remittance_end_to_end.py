@@ -96,15 +96,15 @@ def test_three_sources_five_accounts_three_hours_late_data_equal_the_ledger(bill
     engine = billing_env.engine
     daemon = Daemon(billing_env.instance())
     try:
-        collect(billing_env, ["s1", "s2", "s3"], h0, h0 + 2 * HOUR + timedelta(minutes=15))
-        assert drain(daemon) == 1, "h0 and h1 are complete: one run for both"
+        collect(billing_env, ["s1", "s2"], h0, h0 + 3 * HOUR + timedelta(minutes=15))
+        collect(billing_env, ["s3"], h0, h0 + 2 * HOUR + timedelta(minutes=15))
+        assert drain(daemon) == 1, "h0 and h1 are complete (h2 waits for s3): one run for both"
         first = remittance_rows(engine)
         assert {r["hour"] for r in first} == {h0, h0 + HOUR} and all(r["status"] == "sent" for r in first)
 
-        # The late 20 minutes of s3 arrive (a re-collection overlapping h1), and h2 is collected.
+        # The late 20 minutes of s3 arrive (a re-collection overlapping h1), and s3 catches up on h2.
         s3.server.faults = Faults()
         collect(billing_env, ["s3"], h0 + HOUR, h0 + 3 * HOUR + timedelta(minutes=15))
-        collect(billing_env, ["s1", "s2"], h0 + 2 * HOUR, h0 + 3 * HOUR + timedelta(minutes=15))
         assert drain(daemon) == 1, "h1 (ledger changed) and h2 (complete) form one range"
 
         rows = remittance_rows(engine)
