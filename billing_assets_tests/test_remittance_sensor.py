@@ -75,3 +75,34 @@ def test_ready_hours_then_late_ledger_then_due_retry(billing_env, world):
     totals = {(t["subscription"], t["unitType"]): t["amount"] for t in admin.accepted()["totals"]}
     assert totals == ledger_by_subscription(entries + [(U[1], h0 + HOUR, 500, 50)])
     assert daemon.evaluate() == []
+
+
+def test_a_user_assigned_later_with_a_covering_since_gets_the_unassigned_usage_remitted(billing_env, world, monkeypatch):
+    import os
+
+    import yaml
+
+    h0, receiver, admin, clock, entries = world
+    stranger = "44444444-4444-4444-8444-000000000000"
+    write_ledger(billing_env.engine, [(stranger, h0 + timedelta(minutes=20), 900, 90)])
+    daemon = Daemon(billing_env.instance())
+    for request in daemon.evaluate():
+        assert daemon.run(request)
+    assert daemon.evaluate() == []
+    before = {(t["subscription"], t["unitType"]): t["amount"] for t in admin.accepted()["totals"]}
+    assert before == ledger_by_subscription(entries), "the stranger's usage is not remitted while unassigned"
+
+    path = os.environ["BILLING_ACCOUNTS_FILE"]
+    data = yaml.safe_load(open(path))
+    data["accounts"][1]["users"].append({"uuid": stranger, "since": (h0 - HOUR).strftime("%Y-%m-%dT%H:%M:%SZ")})
+    with open(path, "w") as handle:
+        yaml.safe_dump(data, handle)
+    requests = daemon.evaluate()
+    assert requests and all("accounts changed" in r.tags["billing/trigger"] for r in requests)
+    for request in requests:
+        assert daemon.run(request)
+    after = {(t["subscription"], t["unitType"]): t["amount"] for t in admin.accepted()["totals"]}
+    assert after[("globex-sub", "uplink_bytes")] == before[("globex-sub", "uplink_bytes")] + 900
+    assert after[("globex-sub", "downlink_bytes")] == before[("globex-sub", "downlink_bytes")] + 90
+    assert {k: v for k, v in after.items() if k[0] != "globex-sub"} == {k: v for k, v in before.items() if k[0] != "globex-sub"}
+    assert daemon.evaluate() == []

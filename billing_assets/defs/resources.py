@@ -70,6 +70,17 @@ class BillingStore(dg.ConfigurableResource):
 
         return load_accounts(self.accounts_file or os.environ.get("BILLING_ACCOUNTS_FILE") or DEFAULT_ACCOUNTS_FILE)
 
+    def accounts_digest(self) -> str | None:
+        """sha256 of the accounts file as it is now (None if unreadable), so the sensor notices edits."""
+        import hashlib
+
+        path = self.accounts_file or os.environ.get("BILLING_ACCOUNTS_FILE") or DEFAULT_ACCOUNTS_FILE
+        try:
+            with open(path, "rb") as handle:
+                return hashlib.sha256(handle.read()).hexdigest()
+        except OSError:
+            return None
+
     def settle(self):
         return parse_duration(self.remit_settle or os.environ.get("BILLING_REMIT_SETTLE") or DEFAULT_REMIT_SETTLE)
 

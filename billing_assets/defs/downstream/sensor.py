@@ -4,7 +4,11 @@ An hour needs a run when (1) it is not remitted yet and its sources have now
 collected past its end plus the settle time, (2) one of its records is a
 retry whose time has come, or (3) the ledger gained entries for it after it
 was derived (late data, a reconcile backfill): re-deriving turns those into
-revisions, so corrections flow out without anyone asking.
+revisions, so corrections flow out without anyone asking; or (4) the
+accounts file changed since the last tick: a user assigned with a `since`
+that covers past hours turns their unassigned usage into remittable usage,
+so every remitted hour of the lookback is re-derived (a no-op where nothing
+moved: the plan adds records only for differences).
 
 Cheap per tick: completeness is evaluated only for hours not remitted yet
 inside the lookback, due retries come from the (target, status,
@@ -50,8 +54,11 @@ def contiguous(hours: list[datetime]) -> list[tuple[datetime, datetime]]:
     return [(first, last) for first, last in ranges]
 
 
-def hours_needing_a_run(connection, registry, now: datetime, lookback: timedelta, settle: timedelta, ledger_seen: datetime | None):
-    """(hours, why per hour, newest ledger created_at seen)."""
+def hours_needing_a_run(
+    connection, registry, now: datetime, lookback: timedelta, settle: timedelta, ledger_seen: datetime | None,
+    accounts_changed: bool = False,
+):
+    """(why per hour, newest ledger created_at seen)."""
     first = max(floor_hour(now) - lookback, hour_partitions.start)
     first = floor_hour(first) + (HOUR if floor_hour(first) < first else timedelta(0))
     end = floor_hour(now)  # hours that have ended
@@ -66,6 +73,10 @@ def hours_needing_a_run(connection, registry, now: datetime, lookback: timedelta
             elif evaluate_hour(hour, source_facts(connection, registry, hour), settle).complete:
                 why[hour] = "complete"
         hour += HOUR
+    if accounts_changed:
+        for hour, row in verdicts.items():
+            if row["remitted_at"]:
+                why.setdefault(hour, "accounts changed")
     for hour in store.due_retry_hours(connection, now):
         if hour >= hour_partitions.start:
             why.setdefault(hour, "retry due")
@@ -101,10 +112,12 @@ def remittance_sensor(context: dg.SensorEvaluationContext, billing: BillingStore
     except ValueError:
         state = {}
     seen = parse_rfc3339(state["ledger_seen"]) if state.get("ledger_seen") else None
+    digest = billing.accounts_digest()
+    changed = digest is not None and state.get("accounts") not in (None, digest)
     now = clock.now()
     with billing.read_engine().connect() as connection:
-        why, newest = hours_needing_a_run(connection, registry, now, billing.lookback(), billing.settle(), seen)
-    cursor = json.dumps({"ledger_seen": format_rfc3339(newest)} if newest else {})
+        why, newest = hours_needing_a_run(connection, registry, now, billing.lookback(), billing.settle(), seen, changed)
+    cursor = json.dumps({**({"ledger_seen": format_rfc3339(newest)} if newest else {}), **({"accounts": digest} if digest else {})})
     if not why:
         return dg.SensorResult(skip_reason=dg.SkipReason("no hour to remit"), cursor=cursor)
     requests = []
