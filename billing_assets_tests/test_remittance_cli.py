@@ -11,7 +11,6 @@ from datetime import timedelta
 import pytest
 
 from billing_assets.cli.main import main
-from billing_assets.receiver import ReceiverFaults
 from billing_assets.storage import downstream as store
 from billing_assets_tests.support.downstream import (  # noqa: F401 - fixture
     HOUR, U, ledger_by_subscription, remit_world as world, remittance_rows, write_ledger,

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, find, given, settings
 
 from billing_assets.core.hourly import BEGINNING, Memberships, hourly_sums
-from billing_assets.core.remittance import SeriesState, apply, backoff_seconds, plan_hour, tracking_id
+from billing_assets.core.remittance import SeriesState, apply, backoff_seconds, tracking_id
 
 H0 = datetime(2026, 11, 22, 10, 0, tzinfo=timezone.utc)
 HOURS = [H0 + timedelta(hours=i) for i in range(4)]

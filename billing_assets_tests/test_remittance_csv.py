@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from billing_assets.accounts.model import load_accounts
-from billing_assets.delivery.csv_files import CsvLine, file_name_for, render_batch, write_batch_file
+from billing_assets.delivery.csv_files import file_name_for, render_batch, write_batch_file
 from billing_assets.storage import downstream as store
 from billing_assets.storage.schema import remittance_files
 from billing_assets_tests.support.downstream import (

@@ -15,9 +15,7 @@ import hashlib
 import secrets
 from collections import defaultdict
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
-import dagster as dg
 from sqlalchemy import select
 
 from billing_assets.accounts.model import load_accounts
