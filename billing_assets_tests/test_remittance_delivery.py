@@ -224,3 +224,37 @@ def test_a_broken_accounts_file_fails_the_run_by_name_and_changes_nothing(billin
     with billing_env.engine.connect() as connection:
         assert connection.exec_driver_sql("SELECT COUNT(*) FROM hourly_usage").scalar_one() == 0
     assert admin.accepted()["accepted"] == 0
+
+
+def test_dagster_asset_materialize_partition_range_remits_as_one_run_and_leaks_no_secret(billing_env, world, monkeypatch):
+    """The CI / operator path of DESIGN.md, as a subprocess: one run for the range, no secret anywhere."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from billing_assets_tests.support.outcomes import everything_dagster_recorded
+
+    h0, receiver, admin, clock, entries = world
+    receiver.faults = ReceiverFaults(refuse_subscriptions=frozenset({"initech-sub"}))  # answers land in last_error
+    bin_dir = Path(sys.executable).parent
+    keys = f"{h0:%Y-%m-%d-%H:%M}...{h0 + 2 * HOUR:%Y-%m-%d-%H:%M}"
+    done = subprocess.run(
+        [str(bin_dir / "dagster"), "asset", "materialize", "-m", "billing_assets.definitions",
+         "--select", "hourly_usage,remittance", "--partition-range", keys],
+        capture_output=True, text=True, env=dict(os.environ), timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    instance = billing_env.instance()
+    runs = instance.get_run_records()
+    assert len(runs) == 1, "a range of hours is one run"
+    rows = remittance_rows(billing_env.engine)
+    assert {r["hour"] for r in rows} == {h0, h0 + HOUR, h0 + 2 * HOUR}
+    assert {r["status"] for r in rows if r["account_id"] != "initech"} == {"sent"}
+    assert {r["status"] for r in rows if r["account_id"] == "initech"} == {"failed"}
+    token = os.environ["REMIT_TEST_KB_TOKEN"]
+    recorded = everything_dagster_recorded(instance, runs[0].dagster_run.run_id) + done.stdout + done.stderr
+    with billing_env.engine.connect() as connection:
+        recorded += repr(connection.exec_driver_sql("SELECT detail FROM remittance_attempts").all())
+        recorded += repr(connection.exec_driver_sql("SELECT last_error FROM remittances").all())
+    assert "does not exist" in recorded and token not in recorded
