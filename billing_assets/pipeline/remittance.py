@@ -31,6 +31,9 @@ from billing_assets.storage import downstream as store
 class DeliverySettings:
     lease: timedelta = timedelta(minutes=10)
     chunk: int = 2000
+    """Kill Bill rows per claim: bounded so a lease outlives the sends it covers."""
+    csv_chunk: int = 20_000
+    """CSV rows per claim (and at most per batch file): a batch is written in one go."""
     flush_every: int = 500
     backoff_base_s: float = 30.0
     backoff_max_s: float = 3600.0
@@ -185,7 +188,7 @@ def _deliver_csv(engine, name, target, run_id, clock, settings: DeliverySettings
     while True:
         now = clock()
         with engine.begin() as connection:
-            claimed = store.claim_due(connection, name, now, run_id, settings.lease, settings.chunk, None)
+            claimed = store.claim_due(connection, name, now, run_id, settings.lease, settings.csv_chunk, None)
         if not claimed:
             return
         for hour, group in groupby(claimed, key=lambda row: row.hour):

@@ -379,12 +379,13 @@ def claim_due(
     if not rows:
         return []
     ids = [row[0] for row in rows]
-    connection.execute(
-        text("UPDATE remittances SET claimed_by = :run, claimed_until = :until WHERE id IN :ids").bindparams(
-            bindparam("ids", expanding=True), bindparam("until", type_=_ts())
-        ),
-        {"run": run_id, "until": now + lease, "ids": ids},
-    )
+    for start in range(0, len(ids), 5000):  # SQLite caps bound variables per statement
+        connection.execute(
+            text("UPDATE remittances SET claimed_by = :run, claimed_until = :until WHERE id IN :ids").bindparams(
+                bindparam("ids", expanding=True), bindparam("until", type_=_ts())
+            ),
+            {"run": run_id, "until": now + lease, "ids": ids[start:start + 5000]},
+        )
     return [Claimed(*row) for row in rows]
 
 
