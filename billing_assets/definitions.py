@@ -9,6 +9,7 @@ add start-up time per run. Domain modules are imported as modules (not their
 import dagster as dg
 
 from billing_assets.defs import event_volume
+from billing_assets.defs.downstream import definitions as downstream
 from billing_assets.defs.health import definitions as health
 from billing_assets.defs.ingest import definitions as ingest
 from billing_assets.defs.ledger import definitions as ledger
@@ -24,5 +25,6 @@ defs = dg.Definitions.merge(
     ledger.defs,
     ops.defs,
     health.defs,
+    downstream.defs,
     dg.Definitions(resources={"billing": BillingStore()}, executor=dg.in_process_executor),
 )

@@ -40,6 +40,10 @@ class Settings:
     collect_overlap: timedelta = field(default=timedelta(minutes=1), metadata={"meaning": 'windows before the checkpoint re-requested with each collection run.'})
     collect_max_range: timedelta = field(default=timedelta(hours=2), metadata={"meaning": 'longest range of one collection run (catch-up after an outage).'})
     collect_max_backoff: timedelta = field(default=timedelta(minutes=10), metadata={"meaning": 'longest wait between attempts at a failing source.'})
+    accounts_file: str = field(default="accounts.yaml", metadata={"meaning": "the accounts file: targets and who pays for which user."})
+    remit_settle: timedelta = field(default=timedelta(minutes=10), metadata={"meaning": "how far past an hour's end every source must have collected before the hour is remitted."})
+    remit_backoff: timedelta = field(default=timedelta(seconds=30), metadata={"meaning": "first retry delay of a retryable remittance record (doubles per attempt, capped at 1 h)."})
+    remit_lookback: timedelta = field(default=timedelta(hours=48), metadata={"meaning": "how many hours back the remittance sensor looks for hours to remit."})
     reconcile_horizon: timedelta = field(default=timedelta(hours=2), metadata={"meaning": 'how far back the reconcile schedule re-materializes each source.'})
 
     @classmethod

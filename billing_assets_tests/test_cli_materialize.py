@@ -68,6 +68,10 @@ def test_billing_demo_runs_end_to_end(tmp_path, monkeypatch):
     assert "no double charge" in result.stdout
     lines = [line for line in result.stdout.splitlines() if line.startswith("demo-")]
     assert len(lines) == 2 and all(" 3 " in line for line in lines)
+    # Remittance: the injected 503 leaves records retryable, the sensor's retry sends them, the books agree.
+    assert "retryable" in result.stdout and "remittance_sensor: " in result.stdout and "retry due" in result.stdout
+    assert "forced by billing-demo" in result.stdout
+    assert "equal; every record sent: yes" in result.stdout
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)

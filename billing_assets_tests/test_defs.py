@@ -20,7 +20,7 @@ from billing_assets.definitions import defs
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = {"exporter_snapshots", "usage_samples", "usage_minute_buckets", "billing_ledger"}
-SENSORS = {"exporter_sources_sensor", "collection_sensor", "legacy_latest_sensor", "partition_status_sensor"}
+SENSORS = {"exporter_sources_sensor", "collection_sensor", "legacy_latest_sensor", "partition_status_sensor", "remittance_sensor"}
 SCHEDULES = {"reconcile_schedule", "source_health_schedule", "prune_schedule"}
 JOBS = {"prune_job", "legacy_pull_job", "legacy_billing_job", "source_health_job"}  # named jobs (asset jobs aside)
 CHECKS = {"source_freshness", "source_completeness"}  # on the unpartitioned source_health asset
@@ -43,6 +43,8 @@ def test_definitions_hold_assets_checks_sensors_schedules():
     for key in graph.asset_check_keys:
         checks.setdefault(key.asset_key.to_user_string(), set()).add(key.name)
     assert {asset: names for asset, names in checks.items() if asset in ASSETS} == BILLING_CHECKS
+    assert checks["hourly_usage"] == {"hour_complete", "no_unassigned_usage"}
+    assert checks["remittance"] == {"no_dead_letters"}
     assert checks["source_health"] == CHECKS
     assert {sensor.name for sensor in defs.sensors} == SENSORS
     assert {schedule.name for schedule in defs.schedules} == SCHEDULES

@@ -78,7 +78,13 @@ def run_demo(minutes: int = 30, sources: int = 2, users: int = 50, workdir: str 
             BILLING_DATABASE_URL=f"sqlite:///{root / 'billing.sqlite'}",
             DAGSTER_HOME=str(dagster_home),
         )
-        return _materialize_and_report(entries, start, end, started)
+        code = _materialize_and_report(entries, start, end, started)
+        if code == 0:
+            from billing_assets.cli.demo_remittance import remit_demo
+
+            code = remit_demo(root, sources, users, start, end)
+            print(f"remittance done in {time.monotonic() - started:.1f}s total")
+        return code
 
 
 def _materialize_and_report(entries: list[dict], start, end, started: float) -> int:

@@ -157,6 +157,10 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("--reason", required=True, help="why (recorded)")
     release.set_defaults(handler=_quarantine_release)
 
+    from billing_assets.cli.remittance import add_parser as add_remittance
+
+    add_remittance(commands)
+
     db = commands.add_parser("db", help="billing database").add_subparsers(dest="action", required=True)
     db.add_parser("upgrade", help="apply migrations").set_defaults(handler=_db_upgrade)
     return parser

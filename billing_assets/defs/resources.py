@@ -29,6 +29,14 @@ class BillingStore(dg.ConfigurableResource):
     sources_file: str | None = None
     pricing_file: str | None = None
     dedup_horizon: str | None = None
+    accounts_file: str | None = None
+    """`BILLING_ACCOUNTS_FILE`: targets and who pays for which user."""
+    remit_settle: str | None = None
+    """`BILLING_REMIT_SETTLE`: how far past an hour's end every source must have collected before it is remitted."""
+    remit_backoff: str | None = None
+    """`BILLING_REMIT_BACKOFF`: first retry delay of a retryable record (doubles per attempt, capped at 1h)."""
+    remit_lookback: str | None = None
+    """`BILLING_REMIT_LOOKBACK`: how many hours back the remittance sensor looks for hours to remit."""
 
     def settings(self) -> Settings:
         """The environment's settings with this resource's fields (config, tests) taking precedence."""
@@ -37,11 +45,13 @@ class BillingStore(dg.ConfigurableResource):
             name: value
             for name, value in {
                 "database_url": self.database_url, "sources_file": self.sources_file, "pricing_file": self.pricing_file,
+                "accounts_file": self.accounts_file,
             }.items()
             if value
         }
-        if self.dedup_horizon:
-            overrides["dedup_horizon"] = parse_duration(self.dedup_horizon)
+        for name in ("dedup_horizon", "remit_settle", "remit_backoff", "remit_lookback"):
+            if getattr(self, name):
+                overrides[name] = parse_duration(getattr(self, name))
         return replace(settings, **overrides)
 
     def engine(self) -> Engine:
@@ -73,3 +83,29 @@ class BillingStore(dg.ConfigurableResource):
 
     def horizon(self) -> timedelta:
         return self.settings().dedup_horizon
+
+    def accounts(self):
+        from billing_assets.accounts.model import load_accounts
+
+        return load_accounts(self.settings().accounts_file)
+
+    def accounts_digest(self) -> str | None:
+        """sha256 of the accounts file as it is now (None if unreadable), so the sensor notices edits."""
+        import hashlib
+
+        try:
+            with open(self.settings().accounts_file, "rb") as handle:
+                return hashlib.sha256(handle.read()).hexdigest()
+        except OSError:
+            return None
+
+    def settle(self) -> timedelta:
+        return self.settings().remit_settle
+
+    def delivery_settings(self):
+        from billing_assets.pipeline.remittance import DeliverySettings
+
+        return DeliverySettings(backoff_base_s=self.settings().remit_backoff.total_seconds())
+
+    def lookback(self) -> timedelta:
+        return self.settings().remit_lookback

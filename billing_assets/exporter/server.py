@@ -42,7 +42,7 @@ class ServerTls:
     client_ca: str | None = None
 
 
-def _ssl_context(tls: Any, require_client_cert: bool) -> ssl.SSLContext:
+def server_ssl_context(tls: Any, require_client_cert: bool) -> ssl.SSLContext:
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.load_cert_chain(tls.server_cert, tls.server_key)
@@ -55,17 +55,20 @@ def _ssl_context(tls: Any, require_client_cert: bool) -> ssl.SSLContext:
     return context
 
 
-class _TlsHttpServer(ThreadingHTTPServer):
+class TlsHttpServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], context: ssl.SSLContext, app: ExporterServer) -> None:
+    def __init__(
+        self, address: tuple[str, int], context: ssl.SSLContext, app: Any, handler: type[BaseHTTPRequestHandler] | None = None
+    ) -> None:
+        """``handler`` lets the reference receiver reuse this TLS front with its own routes."""
         self.ssl_context = context
         self.app = app
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
         if ":" in address[0]:
             self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
+        super().__init__(address, handler or _Handler)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         raw, address = self.socket.accept()
@@ -103,7 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "billing-exporter/0.1"
     sys_version = ""
     timeout = 60
-    server: _TlsHttpServer
+    server: TlsHttpServer
 
     def setup(self) -> None:
         super().setup()
@@ -180,7 +183,7 @@ class ExporterServer:
         self._lock = threading.Lock()
         self._faults = faults or Faults()
         self._requests = 0
-        self._httpd: _TlsHttpServer | None = None
+        self._httpd: TlsHttpServer | None = None
         self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
@@ -209,8 +212,8 @@ class ExporterServer:
     def start(self) -> ExporterServer:
         if self._httpd is not None:
             return self
-        context = _ssl_context(self._tls, require_client_cert=self.auth == "mtls")
-        self._httpd = _TlsHttpServer((self.host, self._requested_port), context, self)
+        context = server_ssl_context(self._tls, require_client_cert=self.auth == "mtls")
+        self._httpd = TlsHttpServer((self.host, self._requested_port), context, self)
         # Keep the port across stop()/start(): an outage test restarts the
         # exporter at the URL its sources are already registered with.
         self._requested_port = self._httpd.server_address[1]

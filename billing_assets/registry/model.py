@@ -45,6 +45,54 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+# Shared by every HTTPS peer we configure (exporter sources, remittance
+# targets), so a rule tightened for one is tightened for all.
+
+
+def check_base_url(value: str, *, allow_plain_http: bool = False) -> str:
+    # Messages never echo the URL: a malformed one may carry userinfo.
+    parts = urlsplit(value.strip())
+    if parts.username or parts.password:
+        raise ValueError("must not carry credentials; use credential_ref")
+    scheme = parts.scheme.lower()
+    if scheme not in ("http", "https") or not parts.netloc:
+        raise ValueError(f"must be https://, not {scheme}://" if scheme and parts.netloc else "must be https://host[:port]")
+    if not parts.hostname:
+        raise ValueError("has no host")
+    try:
+        parts.port
+    except ValueError:
+        raise ValueError("has an invalid port") from None
+    if parts.query or parts.fragment:
+        raise ValueError("must not carry a query or fragment")
+    if scheme == "http":
+        if not allow_plain_http:
+            raise ValueError("must be https:// (plain http:// needs dev_allow_plain_http: true and a loopback address)")
+        if not _is_loopback(parts.hostname):
+            raise ValueError("plain http:// is allowed only for loopback addresses, even with dev_allow_plain_http")
+    # Store "HTTPS://" as "https://": urlsplit lowercases the scheme but string
+    # checks do not, and no later check may read it as non-TLS.
+    return urlunsplit(parts._replace(scheme=scheme))
+
+
+def check_server_name(value: str, peer: str = "exporter") -> str:
+    if not (DNS_NAME.match(value) or _is_ip(value)):
+        raise ValueError(f"must be the host name in the {peer}'s certificate (no scheme, port or path)")
+    return value
+
+
+def check_credential_ref(value: str) -> str:
+    if not (value.startswith("env:") and len(value) > 4) and not (value.startswith("file:/")):
+        raise ValueError("must be 'env:NAME' or 'file:/absolute/path'")
+    return value
+
+
+def check_ca_bundle_ref(value: str) -> str:
+    if not value.startswith("file:/"):
+        raise ValueError("must be 'file:/absolute/path' to the pinned CA bundle")
+    return value
+
+
 class Source(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -95,36 +143,12 @@ class Source(BaseModel):
     @field_validator("base_url")
     @classmethod
     def _base_url(cls, value: str, info: ValidationInfo) -> str:
-        # Messages never echo the URL: a malformed one may carry userinfo.
-        parts = urlsplit(value.strip())
-        if parts.username or parts.password:
-            raise ValueError("must not carry credentials; use credential_ref")
-        scheme = parts.scheme.lower()
-        if scheme not in ("http", "https") or not parts.netloc:
-            raise ValueError(f"must be https://, not {scheme}://" if scheme and parts.netloc else "must be https://host[:port]")
-        if not parts.hostname:
-            raise ValueError("has no host")
-        try:
-            parts.port
-        except ValueError:
-            raise ValueError("has an invalid port") from None
-        if parts.query or parts.fragment:
-            raise ValueError("must not carry a query or fragment")
-        if scheme == "http":
-            if not info.data.get("dev_allow_plain_http"):
-                raise ValueError("must be https:// (plain http:// needs dev_allow_plain_http: true and a loopback address)")
-            if not _is_loopback(parts.hostname):
-                raise ValueError("plain http:// is allowed only for loopback addresses, even with dev_allow_plain_http")
-        # Store "HTTPS://" as "https://": urlsplit lowercases the scheme but string
-        # checks do not, and no later check may read it as non-TLS.
-        return urlunsplit(parts._replace(scheme=scheme))
+        return check_base_url(value, allow_plain_http=bool(info.data.get("dev_allow_plain_http")))
 
     @field_validator("server_name")
     @classmethod
     def _server_name(cls, value: str) -> str:
-        if not (DNS_NAME.match(value) or _is_ip(value)):
-            raise ValueError("must be the host name in the exporter's certificate (no scheme, port or path)")
-        return value
+        return check_server_name(value)
 
     @field_validator("billing_start")
     @classmethod
@@ -134,16 +158,12 @@ class Source(BaseModel):
     @field_validator("credential_ref")
     @classmethod
     def _credential_ref(cls, value: str) -> str:
-        if not (value.startswith("env:") and len(value) > 4) and not (value.startswith("file:/")):
-            raise ValueError("must be 'env:NAME' or 'file:/absolute/path'")
-        return value
+        return check_credential_ref(value)
 
     @field_validator("ca_bundle_ref")
     @classmethod
     def _ca_bundle_ref(cls, value: str) -> str:
-        if not value.startswith("file:/"):
-            raise ValueError("must be 'file:/absolute/path' to the pinned CA bundle")
-        return value
+        return check_ca_bundle_ref(value)
 
     @property
     def plain_http(self) -> bool:

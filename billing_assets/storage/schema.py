@@ -7,7 +7,7 @@ two runs race; Python checks are only the fast path.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Column, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
 
 from billing_assets.storage.types import Money, UTCDateTime
 
@@ -179,3 +179,135 @@ source_checkpoints = Table(
     Column("consecutive_failures", Integer, nullable=False, default=0),
 )
 
+
+
+# --- Downstream: hourly usage and remittance (migration 0010) ----------------
+# What leaves the system, and the proof of it. Every rule that stops a double
+# send is a constraint: one row per (target, account, metric, hour, revision)
+# and one tracking id per target, so two racing planners cannot both insert.
+
+# Which hours gained ledger entries since the remittance sensor last looked;
+# (created_at, bucket_start) makes it an index-only range scan of new entries.
+Index("ix_billing_ledger_created", billing_ledger.c.created_at, billing_ledger.c.bucket_start)
+
+METRIC = String(32)
+
+hourly_usage = Table(
+    "hourly_usage",
+    metadata,
+    Column("account_id", ID, primary_key=True),
+    Column("metric", METRIC, primary_key=True),
+    Column("hour", UTCDateTime, primary_key=True),
+    Column("quantity", BigInteger, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_hourly_usage_hour", "hour"),
+)
+
+# Usage of users no account paid for at that minute: kept and shown, never
+# remitted; re-derived with the hour, so a later membership picks it up.
+unassigned_usage = Table(
+    "unassigned_usage",
+    metadata,
+    Column("uuid", ID, primary_key=True),
+    Column("metric", METRIC, primary_key=True),
+    Column("hour", UTCDateTime, primary_key=True),
+    Column("quantity", BigInteger, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+    Index("ix_unassigned_usage_hour", "hour"),
+)
+
+hour_completeness = Table(
+    "hour_completeness",
+    metadata,
+    Column("hour", UTCDateTime, primary_key=True),
+    Column("complete", Boolean, nullable=False),
+    Column("forced", Boolean, nullable=False),
+    Column("forced_by", Text),
+    Column("reason", Text),
+    Column("detail", Text, nullable=False),
+    Column("evaluated_at", UTCDateTime, nullable=False),
+    Column("derived_at", UTCDateTime),
+    Column("remitted_at", UTCDateTime),
+)
+
+remittances = Table(
+    "remittances",
+    metadata,
+    Column("id", SERIAL, primary_key=True, autoincrement=True),
+    Column("target", ID, nullable=False),
+    Column("account_id", ID, nullable=False),
+    Column("subscription_key", Text, nullable=False),
+    Column("metric", METRIC, nullable=False),
+    Column("hour", UTCDateTime, nullable=False),
+    Column("revision", Integer, nullable=False),
+    Column("quantity", BigInteger, nullable=False),
+    Column("tracking_id", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("next_attempt_at", UTCDateTime),
+    Column("last_error", Text),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("sent_at", UTCDateTime),
+    Column("claimed_by", String(64)),
+    Column("claimed_until", UTCDateTime),
+    UniqueConstraint("target", "account_id", "metric", "hour", "revision", name="uq_remittances_key"),
+    UniqueConstraint("target", "tracking_id", name="uq_remittances_tracking_id"),
+    # Claims walk pending rows of a target in hour order; the sensor looks for due retries of any target.
+    Index("ix_remittances_claim", "target", "status", "hour", "revision", "id"),
+    Index("ix_remittances_retry", "status", "next_attempt_at"),
+    Index("ix_remittances_hour", "hour"),
+)
+
+remittance_attempts = Table(
+    "remittance_attempts",
+    metadata,
+    Column("id", SERIAL, primary_key=True, autoincrement=True),
+    Column("remittance_id", BigInteger, nullable=False),
+    Column("attempted_at", UTCDateTime, nullable=False),
+    Column("outcome", String(16), nullable=False),
+    Column("http_status", Integer),
+    Column("detail", Text),
+    Column("run_id", String(64)),
+    Index("ix_remittance_attempts_remittance", "remittance_id"),
+)
+
+remittance_files = Table(
+    "remittance_files",
+    metadata,
+    Column("id", SERIAL, primary_key=True, autoincrement=True),
+    Column("target", ID, nullable=False),
+    Column("file_name", String(255), nullable=False),
+    Column("line", Integer, nullable=False),
+    Column("sha256", String(64)),
+    Column("remittance_id", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("written_at", UTCDateTime),
+    UniqueConstraint("target", "file_name", "line", name="uq_remittance_files_line"),
+    Index("ix_remittance_files_remittance", "remittance_id"),
+)
+
+# What each plan step has accounted for per (target, account, metric, hour),
+# and the signed balance carried between hours (negative: credit; positive:
+# usage a one-record-per-hour target could not take in its own hour).
+remittance_plan = Table(
+    "remittance_plan",
+    metadata,
+    Column("target", ID, primary_key=True),
+    Column("account_id", ID, primary_key=True),
+    Column("metric", METRIC, primary_key=True),
+    Column("hour", UTCDateTime, primary_key=True),
+    Column("accounted", BigInteger, nullable=False),
+    Column("planned_at", UTCDateTime, nullable=False),
+    Index("ix_remittance_plan_hour", "hour"),
+)
+
+remittance_carry = Table(
+    "remittance_carry",
+    metadata,
+    Column("target", ID, primary_key=True),
+    Column("account_id", ID, primary_key=True),
+    Column("metric", METRIC, primary_key=True),
+    Column("carried", BigInteger, nullable=False),
+    Column("updated_at", UTCDateTime, nullable=False),
+)

@@ -17,17 +17,32 @@ from billing_assets.registry.model import Source
 from billing_assets.transport.errors import SourceFetchError
 
 
-def build_ssl_context(source: Source) -> ssl.SSLContext:
+class PinnedCaError(ValueError):
+    """The pinned CA bundle cannot be used; the message names the file, not its content."""
+
+
+def pinned_client_context(ca_bundle_path: Path) -> ssl.SSLContext:
+    """A verifying client context that trusts only ``ca_bundle_path``.
+
+    Shared by exporter sources and remittance targets, so both peers get the
+    same floor (TLS 1.2, hostname check, no system store).
+    """
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.check_hostname = True
     context.verify_mode = ssl.CERT_REQUIRED
     try:
-        context.load_verify_locations(cafile=str(source.ca_bundle_path))
+        context.load_verify_locations(cafile=str(ca_bundle_path))
     except (OSError, ssl.SSLError) as error:
-        raise SourceFetchError(
-            source.source_id, f"pinned CA bundle {source.ca_bundle_path} cannot be loaded ({_short(error)})"
-        ) from None
+        raise PinnedCaError(f"pinned CA bundle {ca_bundle_path} cannot be loaded ({_short(error)})") from None
+    return context
+
+
+def build_ssl_context(source: Source) -> ssl.SSLContext:
+    try:
+        context = pinned_client_context(source.ca_bundle_path)
+    except PinnedCaError as error:
+        raise SourceFetchError(source.source_id, str(error)) from None
     if source.auth_mode == "mtls":
         _load_client_certificate(context, source)
     return context

@@ -1,0 +1,1 @@
+"""Who pays for a user: the accounts file, validated on load."""
