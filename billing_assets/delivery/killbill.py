@@ -94,9 +94,9 @@ def _authorization(target: KillBillTarget, name: str) -> tuple[str, tuple[str, .
     """The Authorization header and the secret's forms (kept only to scrub echoes)."""
     try:
         if target.auth_mode == "bearer":
-            token = resolve_bearer_token(target.credential_ref).reveal()
+            token = resolve_bearer_token(target.credential_ref).get_secret_value()
             return f"Bearer {token}", (token,)
-        secret = resolve_secret(target.credential_ref, "basic credential").reveal()
+        secret = resolve_secret(target.credential_ref, "basic credential").get_secret_value()
     except CredentialError as error:
         raise DeliveryConfigError(f"target {name!r}: {error}") from None
     user, sep, password = secret.partition(":")
