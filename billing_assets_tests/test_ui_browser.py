@@ -104,7 +104,8 @@ def ui_project(tmp_path_factory):
         scripted = start_scripted_upstream(root / "scripted")
         patch.setenv(scripted.token_variable, scripted.token)
         try:
-            eu = fleet.start("eu-1", billing_start=start, users=4)
+            # Small pages (one snapshot each): the replay test slows every page to hold a run in flight.
+            eu = fleet.start("eu-1", billing_start=start, users=4, page_limit=1)
             script = Script(source_id="cf-1", node_id="node-cf-1", items=_two_users(start), page_sizes=(2,))
             scripted.server.install(script)
             fleet.write_registry(sources_file, [scripted.registry_entry(script, start - MINUTE)])
@@ -290,8 +291,9 @@ def test_ui_replay_of_one_source_range_runs_once_queued_behind_its_source(ui_pro
     server = ui_project.server
     backfills_before = _backfill_ids(server)
     first, last = ui_project.start, ui_project.start + (RANGE_MINUTES - 1) * MINUTE
-    # Every eu-1 page takes 4 s (under the 5 s request timeout) until the replay run exists,
-    # so the collection run below is surely still in flight when the replay is launched.
+    # Every eu-1 page (one snapshot each) takes 4 s, under the 5 s request timeout, until the
+    # replay's run exists: the collection run below has hours of snapshots to fetch, so it is
+    # surely still in flight when the replay is launched, however slow the UI is to drive.
     exporter = ui_project.eu_exporter.server
     exporter.faults = Faults(delay_s=4.0)
     with daemon(ui_project.dagster_home, ui_project.root / "logs"):
