@@ -118,6 +118,8 @@ class FetchedPage:
     page: WindowPage
     body_bytes: int
     cursor: str | None
+    body: bytes | bytearray = b""
+    """The decoded body exactly as received (at most `max_page_bytes`): what the fetch step spools."""
 
 
 def _trust(source: Source) -> ssl.SSLContext | bool:
@@ -256,9 +258,8 @@ class ExporterClient:
             query = dict(params, cursor=cursor) if cursor else params
             body = self._get(WINDOW_PATH, query, f"page {page_no}")
             page = self._parse_page(body, page_no, since, until)
-            size = len(body)
-            del body  # the validated page is all that stays in memory
-            yield FetchedPage(page_no, page, size, cursor)
+            yield FetchedPage(page_no, page, len(body), cursor, body)
+            del body
             if not page.has_more:
                 return
             cursor = self._next_cursor(page, page_no, seen)
