@@ -26,7 +26,7 @@ from billing_assets.storage.samples import CONFLICT_REASON
 from billing_assets.storage.schema import sample_conflicts, usage_samples
 from billing_assets.transport.client import RetryPolicy
 from billing_assets_tests.support.db import buckets_by_key, ledger_rows, ledger_sums
-from billing_assets_tests.support.outcomes import check_results, serve
+from billing_assets_tests.support.outcomes import check_results, serve, window_keys
 from billing_assets_tests.support.scripted_exporter import Script, ScriptedItem, ScriptedSample
 
 MINUTE = timedelta(minutes=1)
@@ -51,9 +51,13 @@ def test_conflicting_redelivery_is_quarantined_and_check_fails(billing_env, upst
 
     first = materialize_range(defs, instance, source.source_id, start, start + 2 * MINUTE)
     assert first.success
+    keys = window_keys("cf-1", start, start + 2 * MINUTE)
     checks = check_results(first)
-    assert checks["no_conflicting_deliveries"].passed
-    assert checks["ledger_matches_buckets"].passed
+    for name in ("no_conflicting_deliveries", "ledger_matches_buckets"):
+        assert list(checks[name]) == keys, f"{name}: one evaluation per window, each on its partition"
+        assert all(evaluation.passed for evaluation in checks[name].values())
+        # What makes the UI count a window's verdict: it names that window's latest materialization, this run's.
+        assert {evaluation.target_materialization_data.run_id for evaluation in checks[name].values()} == {first.run_id}
     buckets, entries = buckets_by_key(engine, "cf-1"), ledger_rows(engine, "cf-1")
     assert ledger_sums(engine, "cf-1") == buckets
 
@@ -63,9 +67,13 @@ def test_conflicting_redelivery_is_quarantined_and_check_fails(billing_env, upst
     script.phase = 1
     second = materialize_range(defs, instance, source.source_id, start, start + 2 * MINUTE)
     assert second.success, "a conflict is quarantined, it does not fail the billing run"
-    failed = check_results(second)["no_conflicting_deliveries"]
+    by_key = check_results(second)["no_conflicting_deliveries"]
+    assert list(by_key) == keys
+    failed, other = by_key[keys[0]], by_key[keys[1]]  # the conflict was collected at :50 of the first minute
     assert not failed.passed and failed.severity == dg.AssetCheckSeverity.ERROR
     assert failed.metadata["conflicts"].value == 1
+    assert other.passed and other.metadata["conflicts"].value == 0 and "example" not in other.metadata, "only its window is red"
+    assert failed.target_materialization_data.run_id == second.run_id
     example = failed.metadata["example"].value
     assert example["kept_totals"] == [2000, 10000] and example["rejected_totals"] == [2500, 10000]
     assert example["reason"] == CONFLICT_REASON
@@ -86,7 +94,8 @@ def test_conflicting_redelivery_is_quarantined_and_check_fails(billing_env, upst
     assert ledger_rows(engine, "cf-1") == entries, "a quarantined delivery charges nothing"
 
     third = materialize_range(defs, instance, source.source_id, start, start + 2 * MINUTE)
-    assert not check_results(third)["no_conflicting_deliveries"].passed, "stays red until explained"
+    by_key = check_results(third)["no_conflicting_deliveries"]
+    assert not by_key[keys[0]].passed and by_key[keys[1]].passed, "its window stays red until explained"
     with engine.connect() as connection:
         assert len(connection.execute(select(sample_conflicts)).all()) == 1, "a replay does not re-quarantine"
 
@@ -119,7 +128,8 @@ def test_ledger_check_fails_when_a_run_stopped_before_the_ledger_step(billing_en
     script = Script(source_id="cf-3", node_id="node-cf-3", items=items)
     source = serve(billing_env, upstream, script, start - MINUTE)
     instance, engine, work = billing_env.instance(), billing_env.engine, Slice("cf-3", start, start + 2 * MINUTE)
-    assert materialize_range(defs, instance, "cf-3", start, start + 2 * MINUTE).success
+    ledger_run = materialize_range(defs, instance, "cf-3", start, start + 2 * MINUTE)
+    assert ledger_run.success
 
     script.phase = 1  # the late sample arrives; the run dies after its bucket step
     fetch_slice(engine, source, work, retry=RetryPolicy(attempts=1))
@@ -129,11 +139,20 @@ def test_ledger_check_fails_when_a_run_stopped_before_the_ledger_step(billing_en
     check_only = dg.define_asset_job("ledger_check_only", selection=dg.AssetSelection.checks(ledger_matches_buckets))
     job = dg.Definitions.merge(defs, dg.Definitions(jobs=[check_only])).resolve_job_def("ledger_check_only")
     result = job.execute_in_process(instance=instance, tags=range_tags("cf-3", start, start + 2 * MINUTE))
-    red = check_results(result)["ledger_matches_buckets"]
-    assert not red.passed and red.metadata["mismatched_buckets"].value >= 1
+    keys = window_keys("cf-3", start, start + 2 * MINUTE)
+    by_key = check_results(result)["ledger_matches_buckets"]
+    assert list(by_key) == keys
+    # The late :50 snapshot (both users) splits each user's delta differently across the two minutes:
+    # each minute has its own two buckets rewritten, counted on its own window.
+    assert {key: evaluation.metadata["mismatched_buckets"].value for key, evaluation in by_key.items()} == {keys[0]: 2, keys[1]: 2}
+    assert not any(evaluation.passed for evaluation in by_key.values())
+    for evaluation in by_key.values():
+        # A check run on its own judges the last materialization of its window: the earlier run's.
+        assert evaluation.target_materialization_data.run_id == ledger_run.run_id
 
     repaired = materialize_range(defs, instance, "cf-3", start, start + 2 * MINUTE)
-    assert check_results(repaired)["ledger_matches_buckets"].passed
+    assert list(check_results(repaired)["ledger_matches_buckets"]) == keys
+    assert all(evaluation.passed for evaluation in check_results(repaired)["ledger_matches_buckets"].values())
     assert ledger_sums(engine, "cf-3") == {k: v for k, v in buckets_by_key(engine, "cf-3").items() if v != (0, 0)}
     kinds = [row["entry_kind"] for row in ledger_rows(engine, "cf-3")]
     assert "correction" in kinds and kinds.count("charge") == len(buckets_by_key(engine, "cf-3"))

@@ -54,3 +54,31 @@ def test_reconstruction_is_told_apart_from_a_first_load():
     finally:
         DefinitionsLoadContext._instance = previous
     assert dg.DagsterRunStatus.QUEUED in internals.UNFINISHED_RUN_STATUSES
+
+
+def test_check_targets_are_each_keys_latest_materialization_as_dagster_counts_it():
+    """The target must be what `AssetCheckPartitionInfo.is_current` compares: the key's latest materialization."""
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationTargetMaterializationData
+
+    letters = dg.StaticPartitionsDefinition(["a", "b", "c", "d"])
+
+    @dg.asset(partitions_def=letters)
+    def scratch():
+        return None
+
+    with dg.instance_for_test() as instance:
+        for key in ("b", "c") + ("a",) * 7:  # "a" replayed past a page: its older materializations must not win
+            assert dg.materialize([scratch], instance=instance, partition_key=key).success
+        latest = {
+            key: instance.fetch_materializations(dg.AssetRecordsFilter(asset_key=scratch.key, asset_partitions=[key]), limit=1).records[0]
+            for key in ("a", "b")
+        }
+        # A page is 2 records per key asked (6), newest first: all a's. b is on the next page.
+        assert set(internals.latest_materialization_targets(instance, scratch.key, ["b", "a", "d"], max_pages=1)) == {"a"}
+        targets = internals.latest_materialization_targets(instance, scratch.key, ["b", "a", "d"])
+        assert set(targets) == {"a", "b"}, "a key never materialized has no target"
+        for key, target in targets.items():
+            assert isinstance(target, AssetCheckEvaluationTargetMaterializationData)
+            assert (target.storage_id, target.run_id, target.timestamp) == (
+                latest[key].storage_id, latest[key].run_id, latest[key].timestamp
+            )

@@ -29,7 +29,7 @@ from billing_assets.transport.client import RetryPolicy
 from billing_assets_tests.support.db import buckets_by_key, ledger_sums
 from billing_assets_tests.support.hostile_exporter import Drip, HostileExporter
 from billing_assets_tests.support.oracle import expected_buckets, within
-from billing_assets_tests.support.outcomes import check_results, checkpoint, serve
+from billing_assets_tests.support.outcomes import check_results, checkpoint, serve, window_keys
 from billing_assets_tests.support.scripted_exporter import Script, ScriptedItem, ScriptedSample
 from billing_assets_tests.support.waiting import wait_until
 
@@ -92,7 +92,10 @@ def test_counter_overflow_is_held_and_the_rest_of_the_source_is_billed(billing_e
     assert [(h["uuid"], h["held_uplink_bytes"], h["elapsed_us"]) for h in holds] == [
         ("u-big", 2**62, None), ("u-big", INT64_MAX - 2**62, 15_000_000), ("u-big", 2**62, 15_000_000),
     ]
-    check = check_results(result)["no_implausible_usage"]
+    by_key = check_results(result)["no_implausible_usage"]
+    assert list(by_key) == window_keys("ov-1", start, start + MINUTE), "one evaluation, on the run's one window"
+    check = by_key[window_keys("ov-1", start, start + MINUTE)[0]]
+    assert check.target_materialization_data.run_id == result.run_id
     assert not check.passed and check.severity == dg.AssetCheckSeverity.ERROR and check.metadata["held"].value == 3
     assert "exceeds 12,500,000,000 B/s" in check.description
 

@@ -227,11 +227,6 @@ def test_a_minute_partition_shows_its_own_figures(ui_project, browser):
     assert metadata_value(page, "buckets") == str(own_buckets), "the minute's own bucket count, not the run's"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 / research item 1: the check returns one AssetCheckResult for the range (partition null); "
-    "it must yield one dg.AssetCheckEvaluation(partition=key, target_materialization_data=...) per key",
-)
 def test_conflicting_window_check_failed_on_its_partition_and_passed_on_another(ui_project, browser):
     page = browser.page
     open_page(browser, ui_project.page_url("/assets/usage_samples?view=checks"))

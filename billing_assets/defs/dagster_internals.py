@@ -1,12 +1,16 @@
 """The only place this project touches Dagster's private API (`dagster._…`).
 
-Three things have no public form in Dagster 1.13:
+Four things have no public form in Dagster 1.13:
 
 - adding an asset backfill from code (what the UI's "Launch backfill" does):
   `billing reconcile` submits one per source so an operator can watch it;
 - knowing that the definitions are being loaded in a run worker
   (reconstruction), which is how the rolling partition start stays ahead of
   any key a long-lived code server offers (defs/partitions.py);
+- telling a check evaluation which materialization it judged
+  (`AssetCheckEvaluationTargetMaterializationData`): without it the UI counts
+  a partitioned check's per-window result as neither passed nor failed
+  (docs/ui.md, research note 1);
 - the names of the range tags a single-run backfill sets; they are plain
   strings, spelled out here, and checked against Dagster's.
 
@@ -81,3 +85,39 @@ def loading_in_run_worker() -> bool:
     from dagster._core.definitions.definitions_load_context import DefinitionsLoadContext, DefinitionsLoadType
 
     return DefinitionsLoadContext.is_set() and DefinitionsLoadContext.get().load_type == DefinitionsLoadType.RECONSTRUCTION
+
+
+def latest_materialization_targets(
+    instance: dg.DagsterInstance, asset_key: dg.AssetKey, partition_keys: Sequence[str], max_pages: int = 10
+) -> dict[str, object]:
+    """For each key, its latest materialization as the target a check evaluation names.
+
+    The UI shows a partition's check as Passed/Failed only when the
+    evaluation's `target_materialization_data` is that partition's latest
+    materialization (`AssetCheckPartitionInfo.is_current`); an evaluation
+    without it leaves the window *Missing*. One `fetch_materializations` for
+    the whole range, newest first: a range run just materialized every key, so
+    the first page holds them all; older keys (a check run on its own) page on,
+    bounded by `max_pages`. Keys never materialized are absent.
+    """
+    from dagster._core.definitions.asset_checks.asset_check_evaluation import AssetCheckEvaluationTargetMaterializationData
+
+    wanted = {str(key) for key in partition_keys}
+    if not wanted:
+        return {}
+    targets: dict[str, object] = {}
+    cursor = None
+    for _ in range(max_pages):
+        missing = sorted(wanted - targets.keys())
+        page = instance.fetch_materializations(
+            dg.AssetRecordsFilter(asset_key=asset_key, asset_partitions=missing), limit=2 * len(missing) or 1, cursor=cursor
+        )
+        for record in page.records:  # newest first: the first record of a key is its latest
+            if record.partition_key in wanted and record.partition_key not in targets:
+                targets[record.partition_key] = AssetCheckEvaluationTargetMaterializationData(
+                    storage_id=record.storage_id, run_id=record.run_id, timestamp=record.timestamp
+                )
+        if len(targets) == len(wanted) or not page.has_more:
+            break
+        cursor = page.cursor
+    return targets

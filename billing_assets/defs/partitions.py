@@ -84,6 +84,12 @@ def partition_key(minute: datetime, source_id: str) -> str:
     return dg.MultiPartitionKey({"minute": minute.strftime(MINUTE_KEY_FORMAT), "source": source_id})
 
 
+def key_parts(key: str) -> tuple[str, datetime]:
+    """(source, minute) of a (minute, source) partition key, a `MultiPartitionKey` or its `minute|source` string."""
+    dims = key.keys_by_dimension if isinstance(key, dg.MultiPartitionKey) else dict(zip(("minute", "source"), str(key).split("|")))
+    return dims["source"], parse_minute_key(dims["minute"])
+
+
 def run_slices(context: dg.AssetExecutionContext, now: datetime | None = None) -> list[Slice]:
     """The (source, window) slices of this run, whether one key or a range.
 
@@ -91,13 +97,7 @@ def run_slices(context: dg.AssetExecutionContext, now: datetime | None = None) -
     identities may be forgotten (pruned), so a re-delivery could no longer be
     recognised and would bill again.
     """
-    pairs = []
-    for key in context.partition_keys:
-        dims = key.keys_by_dimension if isinstance(key, dg.MultiPartitionKey) else dict(
-            zip(("minute", "source"), str(key).split("|"))
-        )
-        pairs.append((dims["source"], parse_minute_key(dims["minute"])))
-    slices = merge_minutes(pairs)
+    slices = merge_minutes([key_parts(key) for key in context.partition_keys])
     try:
         horizon = context.resources.billing.horizon()
     except Exception:  # noqa: BLE001 - a step without the resource falls back to the environment, as the resource does

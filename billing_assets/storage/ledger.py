@@ -10,14 +10,15 @@ from __future__ import annotations
 from datetime import datetime
 
 import pandas as pd
-from sqlalchemy import Connection
+from sqlalchemy import Connection, bindparam, text
 
 from billing_assets.core.ledger import LEDGER_STATE_COLUMNS
 from billing_assets.core.pricing import Pricing, nanos_to_amount
 from billing_assets.storage.schema import billing_ledger
 from billing_assets.storage.bulk import bulk_insert
 from billing_assets.storage.sql import frame, prefer_hash_joins, typed
-from billing_assets.storage.times import time_column, time_param
+from billing_assets.storage.times import minute_select, parse_minute, time_column, time_param
+from billing_assets.storage.types import UTCDateTime
 
 _KEY_JOIN = "l.node_id = b.node_id AND l.env = b.env AND l.uuid = b.uuid AND l.inbound_tag = b.inbound_tag AND l.bucket_start = b.bucket_start"
 
@@ -41,21 +42,20 @@ BUCKETS_WITH_CHARGES = typed(
     {"bucket_start": "ts"},
 )
 
-LEDGER_MISMATCHES = typed(
-    f"""
-    SELECT COUNT(*) FROM usage_minute_buckets b
+def _ledger_mismatches_per_minute_sql(minute: str) -> str:
+    return f"""
+    SELECT b.source_id, {minute} AS minute, COUNT(*) FROM usage_minute_buckets b
     LEFT JOIN (
-        SELECT node_id, env, uuid, inbound_tag, bucket_start,
+        SELECT source_id, node_id, env, uuid, inbound_tag, bucket_start,
                SUM(uplink_bytes) AS up, SUM(downlink_bytes) AS down
         FROM billing_ledger
-        WHERE source_id = :source_id AND bucket_start >= :start AND bucket_start < :end
-        GROUP BY node_id, env, uuid, inbound_tag, bucket_start
-    ) l ON {_KEY_JOIN}
-    WHERE b.source_id = :source_id AND b.bucket_start >= :start AND b.bucket_start < :end
+        WHERE source_id IN :source_ids AND bucket_start >= :start AND bucket_start < :end
+        GROUP BY source_id, node_id, env, uuid, inbound_tag, bucket_start
+    ) l ON l.source_id = b.source_id AND {_KEY_JOIN}
+    WHERE b.source_id IN :source_ids AND b.bucket_start >= :start AND b.bucket_start < :end
       AND (COALESCE(l.up, 0) <> b.uplink_bytes OR COALESCE(l.down, 0) <> b.downlink_bytes)
-    """,
-    {"start": "ts", "end": "ts"},
-)
+    GROUP BY b.source_id, {minute}
+    """
 
 
 COUNT_BUCKETS = typed(
@@ -109,6 +109,20 @@ def append_entries(
     return bulk_insert(connection, billing_ledger.name, APPEND_COLUMNS, rows)
 
 
-def count_ledger_mismatches(connection: Connection, source_id: str, start: datetime, end: datetime) -> int:
+def ledger_mismatches_per_minute(
+    connection: Connection, source_ids: list[str], start: datetime, end: datetime
+) -> dict[tuple[str, datetime], int]:
+    """Buckets of [start, end) whose ledger entries do not sum to them, per (source, bucket minute).
+
+    One grouped query for a whole range (a hash join, see `prefer_hash_joins`),
+    so the ledger check's per-window verdicts cost one round trip whatever the
+    range length. Minutes without a mismatch are absent.
+    """
+    if not source_ids:
+        return {}
     prefer_hash_joins(connection)  # 8+ minutes as a nested loop on fresh ranges; see sql.prefer_hash_joins
-    return int(connection.execute(LEDGER_MISMATCHES, {"source_id": source_id, "start": start, "end": end}).scalar_one())
+    statement = text(_ledger_mismatches_per_minute_sql(minute_select(connection, "b.bucket_start"))).bindparams(
+        bindparam("source_ids", expanding=True), bindparam("start", type_=UTCDateTime()), bindparam("end", type_=UTCDateTime())
+    )
+    rows = connection.execute(statement, {"source_ids": list(source_ids), "start": start, "end": end})
+    return {(source_id, parse_minute(minute)): int(count) for source_id, minute, count in rows}

@@ -52,3 +52,21 @@ def to_utc_series(connection: Connection, values: pd.Series, raw_times: bool = F
     if is_postgres(connection):
         return pd.to_datetime(values, utc=True)
     return pd.to_datetime(values, format="ISO8601", utc=True)
+
+
+def minute_select(connection: Connection, column: str) -> str:
+    """SQL for the UTC minute of a `UTCDateTime` column as text `YYYY-MM-DD HH:MM`, to GROUP BY.
+
+    Per-minute figures (a check's verdict per window) come from one grouped
+    query over the run's range, not one query per minute; `parse_minute` reads
+    the value back. SQLite stores the column as `SQLITE_TIME_FORMAT` text, so
+    its first 16 characters are the minute.
+    """
+    if is_postgres(connection):
+        return f"to_char({column} AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI')"
+    return f"substr({column}, 1, 16)"
+
+
+def parse_minute(value: str) -> datetime:
+    """A `minute_select` value as an aware UTC datetime."""
+    return datetime.strptime(value, "%Y-%m-%d %H:%M").replace(tzinfo=timezone.utc)

@@ -81,10 +81,30 @@ def serve(billing_env, upstream, script, billing_start, **overrides):
     return Source.model_validate(entry)
 
 
-def check_results(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
-    """The run's asset check evaluations by check name."""
-    return {
-        event.event_specific_data.asset_check_key.name: event.event_specific_data
-        for event in result.all_events
-        if event.event_type_value == "ASSET_CHECK_EVALUATION"
-    }
+def check_results(result: dg.ExecuteInProcessResult) -> dict[str, dict[str, dg.AssetCheckEvaluation]]:
+    """The run's asset check evaluations by check name, then by partition key (`minute|source`).
+
+    The partitioned checks evaluate each window on its own; a `None` key would
+    be a result that lands on no partition (what the UI cannot show).
+    """
+    results: dict[str, dict[str, dg.AssetCheckEvaluation]] = {}
+    for event in result.all_events:
+        if event.event_type_value == "ASSET_CHECK_EVALUATION":
+            evaluation = event.event_specific_data
+            by_key = results.setdefault(evaluation.asset_check_key.name, {})
+            assert evaluation.partition not in by_key, f"two evaluations of {evaluation.partition} in one run"
+            by_key[evaluation.partition] = evaluation
+    return results
+
+
+def window_keys(source_id: str, start, end) -> list[str]:
+    """The `minute|source` keys of [start, end) of one source, as the checks' evaluations name them."""
+    from datetime import timedelta
+
+    from billing_assets.defs.partitions import partition_key
+
+    keys, minute = [], start
+    while minute < end:
+        keys.append(str(partition_key(minute, source_id)))
+        minute += timedelta(minutes=1)
+    return keys
