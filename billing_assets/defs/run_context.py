@@ -1,8 +1,12 @@
 """What every billing asset does around its step: resolve slices and sources,
 turn failures into clear Dagster failures, and summarise metadata cheaply.
 
-Metadata is a handful of numbers per run, whatever the range length, so a
-60-minute single run costs about as many events as a one-minute run.
+A step's metadata is a handful of numbers per run, whatever the range
+length. The partitioned checks are the exception, on purpose: each reports
+one evaluation per (minute, source) key so the UI can show every window green
+or red (`partition_evaluations`), and Dagster writes each as its own event.
+That is one event per key per check; measured on PostgreSQL instance storage
+at about 10 ms each, a 60-minute run's three checks add about 1.9 s.
 """
 
 from __future__ import annotations

@@ -120,12 +120,12 @@ def _hold(row, rates: dict[str, int]) -> Hold:
 def holds_per_minute(
     connection: Connection, source_ids: list[str], since: datetime, until: datetime
 ) -> dict[tuple[str, datetime], tuple[int, int]]:
-    """Unreleased holds of [since, until) per (source, minute of collected_at): (count, id of the newest).
+    """Unreleased holds of [since, until) per (source, minute of collected_at): (count, id of the last recorded).
 
     One grouped query for a whole range, so a partitioned check's per-window
     verdicts cost one round trip whatever the range length; same holds as
     `list_holds(released=False, since, until)`, counted per minute. The id is
-    the minute's example (`holds_by_id`), newest first as `list_holds` orders.
+    the minute's last recorded hold, its example (`holds_by_id`).
     """
     if not source_ids:
         return {}
@@ -135,7 +135,7 @@ def holds_per_minute(
         .where(q.c.source_id.in_(source_ids), q.c.collected_at >= since, q.c.collected_at < until, q.c.released_at.is_(None))
         .group_by(q.c.source_id, minute)
     )
-    return {(source_id, parse_minute(at)): (int(count), int(newest)) for source_id, at, count, newest in rows}
+    return {(source_id, parse_minute(at)): (int(count), int(last)) for source_id, at, count, last in rows}
 
 
 def holds_by_id(connection: Connection, rates: dict[str, int], ids: list[int]) -> dict[int, Hold]:

@@ -4,7 +4,7 @@ A delta above the source's plausibility bound (`max_bytes_per_second`) is not
 billed; it waits in `usage_quarantine` until an operator releases it
 (`billing quarantine release`). This check turns red exactly the windows that
 hold one (the minute of its collected_at, on its source), with the count and
-the newest hold in words, so a broken counter is seen, not absorbed.
+the last recorded hold in words, so a broken counter is seen, not absorbed.
 """
 
 import dagster as dg
@@ -20,18 +20,18 @@ def no_implausible_usage(context: dg.AssetCheckExecutionContext, billing: Billin
     rates = {source.source_id: source.max_bytes_per_second for source in billing.registry().sources}
     with billing.read_engine().connect() as connection:
         per_minute = holds_per_minute(connection, *windows_span(windows))
-        examples = holds_by_id(connection, rates, [newest for _, newest in per_minute.values()])
+        examples = holds_by_id(connection, rates, [last for _, last in per_minute.values()])
     verdicts = {}
     for key, window in windows.items():
-        count, newest = per_minute.get(window, (0, None))
+        count, last = per_minute.get(window, (0, None))
         if not count:
             verdicts[key] = (True, {"held": 0}, "no implausible usage held")
             continue
-        example = examples[newest]
+        example = examples[last]
         verdicts[key] = (
             False,
             {"held": count, "example": dg.MetadataValue.json(example.as_dict())},
-            f"{count} implausible deltas held in usage_quarantine, not billed (first: {example.reason}); "
+            f"{count} implausible deltas held in usage_quarantine, not billed (e.g. {example.reason}); "
             "`billing quarantine list` to review, `release` to bill",
         )
     yield from partition_evaluations(context, verdicts)
