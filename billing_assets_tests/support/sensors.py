@@ -8,6 +8,7 @@ import dagster as dg
 
 from billing_assets.definitions import defs
 from billing_assets.defs.resources import BillingStore
+from billing_assets.defs.runs import BILLING_ASSETS
 
 QUIET = {"loggers": {"console": {"config": {"log_level": "ERROR"}}}}
 
@@ -61,9 +62,15 @@ class SensorDriver:
         return defs.resolve_job_def(request.job_name) if request.job_name else self.job
 
     def execute(self, request: dg.RunRequest) -> bool:
+        """Runs the request's job; a request of an asset-selection sensor runs that selection, as the daemon would
+        (the implicit asset job also holds the hourly assets, whose partitions differ)."""
         job = self.job_for(request)
+        selection = None
+        if not request.job_name:
+            selection = list(request.asset_selection or [dg.AssetKey(name) for name in BILLING_ASSETS])
         result = job.execute_in_process(
-            instance=self.instance, tags=request.tags, raise_on_error=False, run_config=_merged(request.run_config, QUIET)
+            instance=self.instance, tags=request.tags, raise_on_error=False, run_config=_merged(request.run_config, QUIET),
+            asset_selection=selection,
         )
         self.runs.append((dict(request.tags), result.success))
         self.job_names.append(job.name)
