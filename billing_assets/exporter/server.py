@@ -148,13 +148,75 @@ def _utc_now() -> datetime:
     return datetime.now(timezone.utc)
 
 
-class ExporterServer:
+class ServedOverTls:
+    """Start, stop and address of a threaded TLS HTTP service (the reference exporter and receiver).
+
+    Subclasses set `host`, `_requested_port` and `_tls` in their constructor
+    and say which TLS context and request handler they serve with. The port is
+    kept across stop()/start(): an outage test restarts the service at the URL
+    its clients are already configured with.
+    """
+
+    _httpd: TlsHttpServer | None = None
+    _thread: threading.Thread | None = None
+    thread_label = "billing-server"
+    handler: type[BaseHTTPRequestHandler] | None = None  # None: TlsHttpServer's own
+
+    def _server_context(self) -> ssl.SSLContext:
+        raise NotImplementedError
+
+    def start(self):
+        if self._httpd is not None:
+            return self
+        extra = {"handler": self.handler} if self.handler is not None else {}
+        self._httpd = TlsHttpServer((self.host, self._requested_port), self._server_context(), self, **extra)
+        self._requested_port = self._httpd.server_address[1]
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"{self.thread_label}:{self._requested_port}",
+            daemon=True,
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        httpd, self._httpd = self._httpd, None
+        if httpd is None:
+            return
+        httpd.shutdown()
+        httpd.drop_connections()
+        httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def port(self) -> int:
+        if self._requested_port == 0:
+            raise RuntimeError("server has not been started (port 0 is not bound yet)")
+        return self._requested_port
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"https://{host}:{self.port}"
+
+
+class ExporterServer(ServedOverTls):
     """A running reference exporter on loopback (or any host).
 
     ``clock`` decides what "now" is for visibility (tests pass a fake one);
     ``visibility_delay_s`` holds back snapshots younger than that, like an
     exporter that only publishes a scrape once it is complete.
     """
+
+    thread_label = "billing-exporter"
 
     def __init__(
         self,
@@ -183,8 +245,6 @@ class ExporterServer:
         self._lock = threading.Lock()
         self._faults = faults or Faults()
         self._requests = 0
-        self._httpd: TlsHttpServer | None = None
-        self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"ExporterServer(node_id={self.shape.node_id!r}, auth={self.auth!r}, port={self._requested_port})"
@@ -209,49 +269,8 @@ class ExporterServer:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def start(self) -> ExporterServer:
-        if self._httpd is not None:
-            return self
-        context = server_ssl_context(self._tls, require_client_cert=self.auth == "mtls")
-        self._httpd = TlsHttpServer((self.host, self._requested_port), context, self)
-        # Keep the port across stop()/start(): an outage test restarts the
-        # exporter at the URL its sources are already registered with.
-        self._requested_port = self._httpd.server_address[1]
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"billing-exporter:{self._requested_port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        httpd, self._httpd = self._httpd, None
-        if httpd is None:
-            return
-        httpd.shutdown()
-        httpd.drop_connections()
-        httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> ExporterServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._requested_port == 0:
-            raise RuntimeError("server has not been started (port 0 is not bound yet)")
-        return self._requested_port
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"https://{host}:{self.port}"
+    def _server_context(self) -> ssl.SSLContext:
+        return server_ssl_context(self._tls, require_client_cert=self.auth == "mtls")
 
     # -- requests ------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from typing import Any, Literal
 from urllib.parse import parse_qs, urlsplit
 
 from billing_assets.exporter.api import Reply
-from billing_assets.exporter.server import ServerTls, TlsHttpServer, server_ssl_context
+from billing_assets.exporter.server import ServedOverTls, ServerTls, TlsHttpServer, server_ssl_context
 from billing_assets.receiver.faults import ReceiverFaults
 from billing_assets.receiver.store import UnitRecord, UsageStore
 
@@ -170,10 +170,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
 
 
-class ReceiverServer:
+class ReceiverServer(ServedOverTls):
     """A running reference receiver. `credential` is the bearer token, or
     "user:password" for basic auth; it also guards `/_faults` and the query
     endpoint, so a demo receiver cannot be reconfigured by anyone else."""
+
+    thread_label = "billing-receiver"
+    handler = _Handler
 
     def __init__(
         self,
@@ -203,8 +206,6 @@ class ReceiverServer:
         self._usage_requests = 0
         self._in_flight = 0
         self.peak_in_flight = 0
-        self._httpd: TlsHttpServer | None = None
-        self._thread: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"ReceiverServer(auth={self.auth!r}, port={self._requested_port})"
@@ -233,49 +234,8 @@ class ReceiverServer:
 
     # -- lifecycle -----------------------------------------------------------
 
-    def start(self) -> ReceiverServer:
-        if self._httpd is not None:
-            return self
-        context = server_ssl_context(self._tls, require_client_cert=False)
-        self._httpd = TlsHttpServer((self.host, self._requested_port), context, self, handler=_Handler)
-        # Keep the port across stop()/start(): an outage test restarts the
-        # receiver at the URL its target is configured with.
-        self._requested_port = self._httpd.server_address[1]
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"billing-receiver:{self._requested_port}",
-            daemon=True,
-        )
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        httpd, self._httpd = self._httpd, None
-        if httpd is None:
-            return
-        httpd.shutdown()
-        httpd.drop_connections()
-        httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> ReceiverServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._requested_port == 0:
-            raise RuntimeError("server has not been started (port 0 is not bound yet)")
-        return self._requested_port
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"https://{host}:{self.port}"
+    def _server_context(self) -> ssl.SSLContext:
+        return server_ssl_context(self._tls, require_client_cert=False)
 
     # -- requests ------------------------------------------------------------
 
