@@ -14,13 +14,13 @@ from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from billing_assets.core.hourly import Memberships
 from billing_assets.core.timeutil import utc
 from billing_assets.delivery.targets import Target
 from billing_assets.registry.credentials import CredentialError, resolve_secret
+from billing_assets.registry.model import read_yaml_file
 
 NAME = r"^[A-Za-z0-9_.-]{1,64}$"
 
@@ -213,13 +213,5 @@ def load_accounts(path: str | Path, check_credentials: bool = True) -> Accounts:
     A missing file is an error, not "no accounts": with no accounts every
     byte would turn unassigned and nothing would be remitted, silently.
     """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise AccountsError(f"{path}: cannot read accounts file ({error.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise AccountsError(f"{path}: not valid YAML ({error.__class__.__name__})") from None
+    raw = read_yaml_file(path, "accounts file", AccountsError)
     return parse_accounts(raw, str(path), check_credentials)

@@ -248,19 +248,23 @@ def describe_yaml_error(error: yaml.YAMLError) -> str:
     return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
 
 
+def read_yaml_file(path: str | Path, what: str, error: type[ValueError]) -> object:
+    """A YAML file's content, or `error` naming the file and, for bad YAML, line and column."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as problem:
+        raise error(f"{path}: cannot read {what} ({problem.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as problem:
+        raise error(f"{path}: not valid YAML: {describe_yaml_error(problem)}") from None
+
+
 def load_registry(path: str | Path) -> Registry:
     """Read and validate the registry; any problem raises `RegistryError`.
 
     Callers must treat an error as "unknown", never as "no sources": deleting
     partitions because a file failed to parse would hide billing data.
     """
-    path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as error:
-        raise RegistryError(f"{path}: cannot read registry ({error.strerror})") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as error:
-        raise RegistryError(f"{path}: not valid YAML: {describe_yaml_error(error)}") from None
-    return parse_registry(raw, str(path))
+    return parse_registry(read_yaml_file(path, "registry", RegistryError), str(path))
