@@ -63,7 +63,9 @@ def _sources_probe(args) -> int:
 def _demo(args) -> int:
     from billing_assets.cli.demo import run_demo
 
-    return run_demo(minutes=args.minutes, sources=args.sources, users=args.users, workdir=args.workdir)
+    return run_demo(
+        minutes=args.minutes, sources=args.sources, users=args.users, workdir=args.workdir, ui=args.ui, host=args.host, port=args.port
+    )
 
 
 def _db_upgrade(args) -> int:
@@ -115,7 +117,13 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--minutes", type=int, default=30)
     demo.add_argument("--sources", type=int, default=2)
     demo.add_argument("--users", type=int, default=50)
-    demo.add_argument("--workdir", help="keep everything here instead of a temporary directory")
+    demo.add_argument("--workdir", help="keep everything here instead of a temporary directory (with --ui: resume from it)")
+    demo.add_argument(
+        "--ui", action="store_true",
+        help="then keep the exporters running and serve the Dagster UI with its daemon (sensors on) until Ctrl-C",
+    )
+    demo.add_argument("--host", default="127.0.0.1", help="with --ui: the UI's address (default 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=3000, help="with --ui: the UI's port (default 3000)")
     demo.set_defaults(handler=_demo)
 
     status = commands.add_parser("status", help="per-source health; exit 1 when an enabled source is over its lag budget")

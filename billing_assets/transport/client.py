@@ -209,7 +209,8 @@ class ExporterClient:
             tls = describe_tls_failure(exc)
             if tls is not None:
                 raise self._fail(f"{tls} (server_name {self.source.server_name!r})") from None
-            return _Retry(self._fail(f"cannot reach exporter ({exc.__class__.__name__})", True))
+            # The address is safe to name: the registry refuses a base_url with userinfo.
+            return _Retry(self._fail(f"cannot reach exporter at {self.source.base_url} ({exc.__class__.__name__})", True))
         except (httpx.HTTPError, httpx.StreamError, httpx.InvalidURL) as exc:
             raise self._fail(f"{where}: unexpected HTTP client error on {path} ({exc.__class__.__name__})") from None
 
