@@ -53,6 +53,8 @@ def spawn(job: dict) -> dict:
     line = next(line for line in reversed(output.splitlines()) if line.startswith("BENCH-RESULT "))
     result = json.loads(line.removeprefix("BENCH-RESULT "))
     result["peak_rss_mib"] = usage.ru_maxrss / 1024
+    # CPU of the child (and of any children it reaped) over its whole life, imports included.
+    result["cpu_s"] = usage.ru_utime + usage.ru_stime
     return result
 
 
@@ -83,6 +85,7 @@ def spawn_concurrently(job: dict, concurrency: int) -> dict:
         "wall_s": max(r["ended_at"] for r in results) - min(r["began_at"] for r in results),
         "samples": sum(r["samples"] for r in results),
         "peak_rss_mib": max(r["peak_rss_mib"] for r in results),
+        "cpu_s": sum(r["cpu_s"] for r in results),
         "concurrency": len(groups),
     }
     if job["mode"] == "baseline":
@@ -94,6 +97,13 @@ def spawn_concurrently(job: dict, concurrency: int) -> dict:
             for stage, seconds in result["stages_s"].items():
                 merged["stages_s"][stage] = merged["stages_s"].get(stage, 0.0) + seconds
     return merged
+
+
+def add_rates(result: dict, baseline: dict) -> dict:
+    """samples/s of a pipeline result and its ratio to the transport baseline of the same range."""
+    result["samples_per_s"] = result["samples"] / result["wall_s"]
+    result["ratio_to_baseline"] = result["samples_per_s"] / (baseline["samples"] / baseline["wall_s"])
+    return result
 
 
 def throughput(args, shape: Shape, databases: list[str], with_overhead: bool) -> dict:
@@ -125,9 +135,7 @@ def throughput(args, shape: Shape, databases: list[str], with_overhead: bool) ->
             if args.concurrency > 1:
                 spawn({**job, "mode": "prepare"})  # schema and partitions once, not raced by the workers
                 job["prepared"] = True
-            result = spawn_concurrently(job, args.concurrency)
-            result["samples_per_s"] = result["samples"] / result["wall_s"]
-            result["ratio_to_baseline"] = result["samples_per_s"] / (baseline["samples"] / baseline["wall_s"])
+            result = add_rates(spawn_concurrently(job, args.concurrency), baseline)
             report["databases"][kind] = result
             _print_pipeline(kind, result)
         if with_overhead:
