@@ -25,22 +25,47 @@ def test_unfinished_statuses_are_dagsters():
     assert set(internals.UNFINISHED_RUN_STATUSES) == set(NOT_FINISHED_STATUSES)
 
 
-def test_an_asset_backfill_is_added_with_its_partitions_and_tags(billing_env, recent_hour):
+def test_an_asset_backfill_is_built_with_its_partitions_and_tags(billing_env, recent_hour, monkeypatch):
+    """Built as Dagster's own `from_partitions_by_assets` over the real asset graph builds it, from one membership query."""
+    from dagster._core.definitions.selector import PartitionRangeSelector, PartitionsByAssetSelector, PartitionsSelector
+    from dagster._core.execution.backfill import PartitionBackfill
+
     from billing_assets.definitions import defs
-    from billing_assets.defs.partitions import SOURCES_PARTITION, partition_key
+    from billing_assets.defs.partitions import SOURCES_PARTITION, billing_partitions, partition_key
 
     instance = billing_env.instance()
-    instance.add_dynamic_partitions(SOURCES_PARTITION, ["bf-1"])
+    instance.add_dynamic_partitions(SOURCES_PARTITION, ["bf-1", "bf-2"])
     keys = [partition_key(recent_hour, "bf-1"), partition_key(recent_hour.replace(minute=recent_hour.minute + 1), "bf-1")]
+    assets = ["usage_samples", "billing_ledger"]
+    known = internals.known_dynamic_partitions(instance, SOURCES_PARTITION, ["bf-1", "bf-2", "bf-gone"])
+    assert [known.has_dynamic_partition(SOURCES_PARTITION, s) for s in ("bf-1", "bf-2", "bf-gone")] == [True, True, False]
+
+    def no_more_queries(*args, **kwargs):
+        raise AssertionError("the known store asked the instance again")
+
+    monkeypatch.setattr(type(instance), "has_dynamic_partition", no_more_queries)
     with warnings.catch_warnings():
         warnings.simplefilter("error", DeprecationWarning)  # the names path warned (AssetSelection.sources)
-        backfill_id = internals.add_asset_backfill(
-            instance, defs, "abcd1234", keys[0], keys[-1], ["usage_samples"], {"billing/source": "bf-1"}, title="t", description="d"
+        backfill = internals.asset_backfill(
+            known, billing_partitions, "abcd1234", keys[0], keys[-1], assets, {"billing/source": "bf-1"}, title="t", description="d"
         )
-    backfill = instance.get_backfill(backfill_id)
-    assert backfill.tags == {"billing/source": "bf-1"} and backfill.title == "t"
-    covered = {str(p.partition_key) for p in backfill.asset_backfill_data.target_subset.iterate_asset_partitions()}
-    assert covered == set(keys)
+    monkeypatch.undo()
+    instance.add_backfill(backfill)
+    stored = instance.get_backfill("abcd1234")
+    assert stored.tags == {"billing/source": "bf-1"} and stored.title == "t" and stored.description == "d"
+    assert sorted(key.to_user_string() for key in stored.asset_selection) == sorted(assets)
+    covered = {(p.asset_key.to_user_string(), str(p.partition_key)) for p in stored.asset_backfill_data.target_subset.iterate_asset_partitions()}
+    assert covered == {(asset, key) for asset in assets for key in keys}
+
+    selection = PartitionsSelector(ranges=[PartitionRangeSelector(start=keys[0], end=keys[-1])])
+    with dg.partition_loading_context(dynamic_partitions_store=instance):
+        dagsters = PartitionBackfill.from_partitions_by_assets(
+            backfill_id="abcd1234", asset_graph=defs.resolve_asset_graph(), backfill_timestamp=backfill.backfill_timestamp,
+            tags=backfill.tags, dynamic_partitions_store=instance,
+            partitions_by_assets=[PartitionsByAssetSelector(asset_key=dg.AssetKey(name), partitions=selection) for name in assets],
+            title="t", description="d", run_config=None,
+        )  # fmt: skip
+    assert backfill.asset_backfill_data == dagsters.asset_backfill_data
 
 
 def test_reconstruction_is_told_apart_from_a_first_load():

@@ -18,14 +18,22 @@ def run_reconcile(
     timeout_s: float = 3600,
     all_sources: bool = False,
 ) -> int:
-    """One backfill per source; every source is checked before the first is submitted."""
+    """One backfill per source; every source is checked, and every backfill built, before the first is submitted.
+
+    Exit 2: nothing submitted (a source or the range is wrong). Exit 1 after a
+    failure mid-submission: stderr lists what was submitted and what not, and
+    the command that submits the rest.
+    """
+    # Only what reconcile needs: not billing_assets.definitions (the downstream
+    # reports pull pandas in), which costs about a second before anything is done.
     from billing_assets.core.timeutil import format_rfc3339
-    from billing_assets.definitions import defs
     from billing_assets.defs.automation.reconcile import (
         ReconcileError,
+        SubmissionFailed,
+        reconcile_backfill,
         reconcile_window,
         require_registered,
-        submit_reconcile_backfill,
+        submit_backfills,
     )
     from billing_assets.cli.instance import InstanceError, dagster_instance
     from billing_assets.defs.resources import BillingStore
@@ -51,14 +59,39 @@ def run_reconcile(
         if not windows:
             raise ReconcileError("no source has anything to reconcile in that range")
         instance = dagster_instance()
-        require_registered(instance, list(windows))
+        known = require_registered(instance, list(windows))
+        try:
+            built = {source_id: reconcile_backfill(known, source_id, start, end) for source_id, (start, end) in windows.items()}
+        except Exception as error:  # noqa: BLE001 - Dagster refused a range: nothing is submitted
+            raise ReconcileError(f"could not build the backfills, none submitted: {type(error).__name__}: {error}") from error
     except (RegistryError, ReconcileError, InstanceError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    backfills = {}
-    for source_id, (start, end) in windows.items():
-        backfills[source_id] = submit_reconcile_backfill(instance, defs, source_id, start, end, checked=True)
-        print(f"backfill {backfills[source_id]}: reconcile {source_id} [{format_rfc3339(start)}, {format_rfc3339(end)})")
+
+    def announce(source_id: str, backfill_id: str) -> None:
+        start, end = windows[source_id]
+        print(f"backfill {backfill_id}: reconcile {source_id} [{format_rfc3339(start)}, {format_rfc3339(end)})")
+
+    try:
+        backfills = submit_backfills(instance, built)
+    except SubmissionFailed as failure:
+        for source_id, backfill_id in failure.submitted.items():
+            announce(source_id, backfill_id)
+        print(f"error: {failure}", file=sys.stderr)
+        for source_id, message in failure.errors.items():
+            print(f"  failed: {source_id}: {message}", file=sys.stderr)
+        submitted = ", ".join(f"{source_id} ({backfill_id})" for source_id, backfill_id in failure.submitted.items())
+        print(f"  submitted ({len(failure.submitted)}): {submitted or '-'}", file=sys.stderr)
+        print(f"  not submitted ({len(failure.not_submitted)}): {', '.join(failure.not_submitted) or '-'}", file=sys.stderr)
+        if failure.unknown:
+            unknown = ", ".join(f"{source_id} (check backfill {backfill_id})" for source_id, backfill_id in failure.unknown.items())
+            print(f"  unknown, the storage could not be asked ({len(failure.unknown)}): {unknown}", file=sys.stderr)
+        if failure.not_submitted:
+            again = " ".join(f"--source {source_id}" for source_id in failure.not_submitted)
+            print(f"  to submit the rest: billing reconcile {again} --since {since} --until {until}", file=sys.stderr)
+        return 1
+    for source_id, backfill_id in backfills.items():
+        announce(source_id, backfill_id)
     if not wait:
         print("the backfill daemon launches them; watch them under Overview > Backfills in the Dagster UI")
         return 0
