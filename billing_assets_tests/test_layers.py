@@ -113,3 +113,13 @@ def test_no_import_cycle_between_modules():
         if module not in state:
             visit(module, [module])
     assert cycles == []
+
+
+def test_a_dagster_deprecation_reached_from_our_code_fails_the_test():
+    """The pytest config turns Dagster's deprecation warnings into errors when our code is the caller."""
+    import pytest
+
+    probe = compile("import dagster as dg\ndg.AssetSelection.all().sources()\n", "billing_assets/probe.py", "exec")
+    with pytest.raises(DeprecationWarning, match="AssetSelection.sources. is deprecated"):
+        exec(probe, {"__name__": "billing_assets.probe"})
+    exec(probe, {"__name__": "someone_else"})  # Dagster calling itself is not ours to fix

@@ -210,11 +210,6 @@ def _buckets_in_minute(database_url: str, source_id: str, minute: datetime) -> i
         ).scalar_one()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 12 / research item 2: defs/run_context.py copies the run's totals onto every partition; "
-    "per-partition figures need context.add_asset_metadata(..., partition_key=key) per minute",
-)
 def test_a_minute_partition_shows_its_own_figures(ui_project, browser):
     page = browser.page
     minute = ui_project.start + 3 * MINUTE

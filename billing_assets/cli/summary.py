@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import Engine
 
 from billing_assets.core.pricing import nanos_to_amount
+from billing_assets.core.units import human_bytes  # noqa: F401 - the demo's table reads it from here
 from billing_assets.storage.sql import typed
 
 _TOTALS = typed(
@@ -36,12 +37,3 @@ def source_totals(engine: Engine, source_id: str, start: datetime, end: datetime
         "ledger_entries": int(entries),
         "amount": nanos_to_amount(int(nanos)),
     }
-
-
-def human_bytes(value: int) -> str:
-    size = float(value)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if size < 1024 or unit == "TiB":
-            return f"{size:.1f} {unit}" if unit != "B" else f"{int(size)} B"
-        size /= 1024
-    return f"{value} B"

@@ -23,6 +23,7 @@ production.
 from __future__ import annotations
 
 import time
+import weakref
 from collections.abc import Sequence
 
 import dagster as dg
@@ -139,3 +140,56 @@ def latest_materialization_targets(
             break
         cursor = page.cursor
     return targets
+
+
+_POOLED: "weakref.WeakSet[dg.DagsterInstance]" = weakref.WeakSet()
+
+
+def hold_instance_connections(instance: dg.DagsterInstance) -> bool:
+    """Let this process's instance keep one open connection per storage instead of one per event.
+
+    dagster-postgres opens a fresh psycopg2 connection for every event it
+    stores (`NullPool`), and a range run stores hundreds: the planned and
+    per-minute materializations, one evaluation per window and check (not
+    batchable), the step and log events. A new connection costs a backend
+    fork and authentication, several milliseconds each. The webserver avoids
+    this with `DagsterInstance.optimize_for_webserver`, which swaps each
+    storage's engine for a pool of one; a run worker is as long-lived as its
+    run, so the same swap is safe there. No statement timeout is set (0):
+    a billing run's own events must never be cut off. Once per instance;
+    returns whether the swap was made (not on SQLite storages, whose
+    engines are already per file).
+    """
+    if instance in _POOLED:
+        return False
+    _POOLED.add(instance)
+    if type(instance.event_log_storage).__module__.split(".")[0] != "dagster_postgres":
+        return False
+    instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=4)
+    return True
+
+
+def add_partition_metadata(context: dg.AssetExecutionContext, per_key: dict[str, dict]) -> None:
+    """Metadata for each partition key of the running step, merged over the step's shared metadata.
+
+    The public `context.add_asset_metadata(metadata, partition_key=key)` does
+    this one key at a time, and each call re-lists every key of the asset's
+    range from the instance (the dynamic `source` dimension) to check the key
+    belongs to the run: tens of milliseconds per minute on PostgreSQL
+    instance storage, seconds per hour-long range. The keys here come from
+    `context.partition_keys`, so the check is made once for all of them,
+    then each goes to the accumulator that `add_asset_metadata` itself
+    ends in.
+    """
+    if not per_key:
+        return
+    targeted = {str(key) for key in context.partition_keys}
+    strays = sorted(set(per_key) - targeted)
+    if strays:
+        raise dg.DagsterInvariantViolationError(f"metadata for partitions this run does not target: {strays[:3]}")
+    step = context.op_execution_context._step_execution_context
+    accumulator = step._metadata_accumulator
+    asset_key = context.asset_key
+    for key, metadata in per_key.items():
+        accumulator = accumulator.with_additional_asset_metadata(asset_key=asset_key, partition_key=key, metadata=metadata)
+    step._metadata_accumulator = accumulator

@@ -20,7 +20,7 @@ import warnings
 import dagster as dg
 
 from billing_assets.core.timeutil import format_rfc3339, now_utc
-from billing_assets.defs.dagster_internals import latest_materialization_targets
+from billing_assets.defs.dagster_internals import hold_instance_connections, latest_materialization_targets
 from billing_assets.defs.partitions import billing_partitions, key_parts, run_slices
 from billing_assets.defs.resources import BillingStore
 from billing_assets.pipeline.slices import Slice
@@ -41,6 +41,7 @@ def run_each_slice(
     that is only in the run log (a database refusing a value, a disk full in
     the bucket step) would leave the source looking healthy.
     """
+    hold_instance_connections(context.instance)
     slices = run_slices(context)
     step_name = context.asset_key.to_user_string()
     try:
@@ -97,19 +98,6 @@ def _record_registry_failure(store: BillingStore, slices: list[Slice], error: Re
     with store.engine().begin() as connection:
         for source_id in sorted({work.source_id for work in slices}):
             checkpoints.record_failure(connection, source_id, f"source {source_id!r}: not collected, registry problem: {error}", now)
-
-
-def window_metadata(slices: list[Slice], now: datetime | None = None) -> dict[str, Any]:
-    if not slices:
-        return {}
-    end = max(work.end for work in slices)
-    return {
-        "sources": ", ".join(sorted({work.source_id for work in slices})),
-        "window_start": format_rfc3339(min(work.start for work in slices)),
-        "window_end": format_rfc3339(end),
-        "minutes": sum(work.minutes for work in slices),
-        "lag_seconds": round(((now or now_utc()) - end).total_seconds(), 1),
-    }
 
 
 def summed(results: list[tuple[Slice, Any]], *fields: str) -> dict[str, int]:

@@ -14,13 +14,14 @@ on the network.
 from __future__ import annotations
 
 import tempfile
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from sqlalchemy import Engine
 
-from billing_assets.core.timeutil import now_utc
+from billing_assets.core.timeutil import floor_minute, now_utc
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.model import Source
 from billing_assets.storage import checkpoints, snapshots
@@ -38,6 +39,9 @@ class FetchStats:
     body_bytes: int = 0
     fetch_since: datetime | None = None
     note: str | None = None
+    # Samples received per collection minute (overlap minutes included): each
+    # minute partition's own figure, counted per snapshot, not per sample.
+    samples_by_minute: Counter = field(default_factory=Counter)
 
 
 def page_rows(
@@ -81,7 +85,9 @@ class _SpooledPage:
     cursor: str | None
 
 
-def _download(client: ExporterClient, since: datetime, until: datetime, spool, clock) -> list[_SpooledPage]:
+def _download(
+    client: ExporterClient, since: datetime, until: datetime, spool, clock, by_minute: Counter
+) -> list[_SpooledPage]:
     """Every page of the window into `spool` as received (length-prefixed bodies); no database.
 
     Bodies, not parsed rows: re-validating a body later costs a fraction of
@@ -93,7 +99,10 @@ def _download(client: ExporterClient, since: datetime, until: datetime, spool, c
         page = fetched.page
         spool.write(len(fetched.body).to_bytes(8, "little"))
         spool.write(fetched.body)
-        samples = sum(len(item.samples) for item in page.items)
+        samples = 0
+        for item in page.items:
+            samples += len(item.samples)
+            by_minute[floor_minute(item.collected_at)] += len(item.samples)
         pages.append(
             _SpooledPage(fetched.page_no, len(page.items), samples, fetched.body_bytes, page.emitted_at, clock(), fetched.cursor)
         )
@@ -136,7 +145,7 @@ def fetch_slice(
     stamp = time_param(engine)
     try:
         with ExporterClient(source, retry) as client, tempfile.TemporaryFile(prefix="billing-fetch-") as spool:
-            pages = _download(client, since, until, spool, clock)
+            pages = _download(client, since, until, spool, clock, stats.samples_by_minute)
             spool.seek(0)
             fetched_at = stamp(now)
             with engine.begin() as connection:

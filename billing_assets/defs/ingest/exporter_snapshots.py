@@ -2,7 +2,8 @@ import dagster as dg
 
 from billing_assets.defs.partitions import billing_partitions
 from billing_assets.defs.resources import BillingStore
-from billing_assets.defs.run_context import run_each_slice, summed, window_metadata
+from billing_assets.defs.minute_metadata import attach_minute_figures, run_metadata
+from billing_assets.defs.run_context import run_each_slice, summed
 from billing_assets.defs.table_contracts import OWNERS, table_metadata
 from billing_assets.pipeline.fetch import fetch_slice
 from billing_assets.storage import schema
@@ -30,6 +31,10 @@ def exporter_snapshots(context: dg.AssetExecutionContext, billing: BillingStore)
         context, billing, lambda source, work: fetch_slice(engine, source, work, run_id=context.run.run_id)
     )
     totals = summed(results, "pages", "items", "samples", "body_bytes")
-    return dg.MaterializeResult(
-        metadata={**window_metadata([w for w, _ in results]), **totals, "dagster/row_count": totals["samples"]}
-    )
+    attach_minute_figures(context, results, _received, {"samples": 0, "dagster/row_count": 0})
+    return dg.MaterializeResult(metadata=run_metadata(results, totals))
+
+
+def _received(work, stats) -> dict:
+    """Samples received per minute of the slice (the overlap's minutes belong to earlier partitions)."""
+    return {minute: {"samples": count, "dagster/row_count": count} for minute, count in stats.samples_by_minute.items()}

@@ -2,10 +2,11 @@ import dagster as dg
 
 from billing_assets.defs.partitions import billing_partitions
 from billing_assets.defs.resources import BillingStore
-from billing_assets.defs.run_context import run_each_slice, summed, window_metadata
+from billing_assets.defs.minute_metadata import attach_minute_figures, run_metadata
+from billing_assets.defs.run_context import run_each_slice, summed
 from billing_assets.defs.table_contracts import OWNERS, table_metadata
 from billing_assets.pipeline.dedup import dedup_slice
-from billing_assets.storage import schema
+from billing_assets.storage import minute_figures, schema
 
 
 @dg.asset(
@@ -30,6 +31,10 @@ def usage_samples(context: dg.AssetExecutionContext, billing: BillingStore) -> d
     totals = summed(results, "staged", "inserted", "duplicates", "conflicts", "beyond_horizon")
     if totals["conflicts"]:
         context.log.warning(f"{totals['conflicts']} conflicting duplicate deliveries quarantined in sample_conflicts")
-    return dg.MaterializeResult(
-        metadata={**window_metadata([w for w, _ in results]), **totals, "dagster/row_count": totals["inserted"]}
-    )
+    def stored(work, _stats) -> dict:
+        with engine.connect() as connection:
+            counts = minute_figures.stored_samples(connection, work.source_id, work.start, work.end)
+        return {minute: {"samples": count, "dagster/row_count": count} for minute, count in counts.items()}
+
+    attach_minute_figures(context, results, stored, {"samples": 0, "dagster/row_count": 0})
+    return dg.MaterializeResult(metadata=run_metadata(results, totals))

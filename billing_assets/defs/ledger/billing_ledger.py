@@ -2,10 +2,13 @@ import dagster as dg
 
 from billing_assets.defs.partitions import billing_partitions
 from billing_assets.defs.resources import BillingStore
-from billing_assets.defs.run_context import run_each_slice, summed, window_metadata
+from billing_assets.core.pricing import nanos_to_amount
+from billing_assets.core.units import money
+from billing_assets.defs.minute_metadata import attach_minute_figures, run_metadata
+from billing_assets.defs.run_context import run_each_slice, summed
 from billing_assets.defs.table_contracts import OWNERS, table_metadata
 from billing_assets.pipeline.charge import charge_slice
-from billing_assets.storage import schema
+from billing_assets.storage import minute_figures, schema
 
 
 @dg.asset(
@@ -28,15 +31,24 @@ def billing_ledger(context: dg.AssetExecutionContext, billing: BillingStore) -> 
     results = run_each_slice(
         context, billing, lambda source, work: charge_slice(engine, source, work, pricing, run_id=context.run.run_id)
     )
-    totals = summed(results, "buckets", "charges", "corrections", "amount_nanos")
+    totals = summed(results, "buckets", "charges", "corrections")
     amount = sum((stats.amount for _, stats in results), start=0)
-    return dg.MaterializeResult(
-        metadata={
-            **window_metadata([w for w, _ in results]),
-            "buckets": totals["buckets"],
-            "charges": totals["charges"],
-            "corrections": totals["corrections"],
-            "amount": f"{amount} {pricing.currency}",
-            "dagster/row_count": totals["charges"] + totals["corrections"],
-        }
-    )
+    run_id = context.run.run_id
+
+    def own(work, _stats) -> dict:
+        with engine.connect() as connection:
+            rows = minute_figures.ledger_totals(connection, work.source_id, work.start, work.end, run_id)
+        return {minute: ledger_figures(*values, currency=pricing.currency) for minute, values in rows.items()}
+
+    attach_minute_figures(context, results, own, ledger_figures(0, 0, 0, currency=pricing.currency))
+    return dg.MaterializeResult(metadata={**run_metadata(results, totals), "run_amount": money(amount, pricing.currency)})
+
+
+def ledger_figures(entries: int, amount_nanos: int, appended: int, *, currency: str) -> dict:
+    """The minute's ledger: its entries, what it costs now (their sum), and what this run appended."""
+    return {
+        "entries": entries,
+        "appended": appended,
+        "amount": money(nanos_to_amount(amount_nanos), currency),
+        "dagster/row_count": entries,
+    }

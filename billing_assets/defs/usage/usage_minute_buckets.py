@@ -2,10 +2,12 @@ import dagster as dg
 
 from billing_assets.defs.partitions import billing_partitions
 from billing_assets.defs.resources import BillingStore
-from billing_assets.defs.run_context import run_each_slice, summed, window_metadata
+from billing_assets.core.units import human_bytes
+from billing_assets.defs.minute_metadata import attach_minute_figures, run_metadata
+from billing_assets.defs.run_context import run_each_slice, summed
 from billing_assets.defs.table_contracts import OWNERS, table_metadata
 from billing_assets.pipeline.bucket import bucket_slice
-from billing_assets.storage import schema
+from billing_assets.storage import minute_figures, schema
 
 
 @dg.asset(
@@ -28,6 +30,22 @@ def usage_minute_buckets(context: dg.AssetExecutionContext, billing: BillingStor
     engine = billing.engine()
     results = run_each_slice(context, billing, lambda source, work: bucket_slice(engine, source, work))
     totals = summed(results, "samples", "buckets", "rows_written", "uplink_bytes", "downlink_bytes", "held")
-    return dg.MaterializeResult(
-        metadata={**window_metadata([w for w, _ in results]), **totals, "dagster/row_count": totals["buckets"]}
-    )
+
+    def own(work, _stats) -> dict:
+        with engine.connect() as connection:
+            rows = minute_figures.bucket_totals(connection, work.source_id, work.start, work.end)
+        return {minute: bucket_figures(*values) for minute, values in rows.items()}
+
+    attach_minute_figures(context, results, own, bucket_figures(0, 0, 0, 0))
+    return dg.MaterializeResult(metadata=run_metadata(results, totals))
+
+
+def bucket_figures(buckets: int, samples: int, uplink: int, downlink: int) -> dict:
+    return {
+        "buckets": buckets,
+        "samples": samples,
+        "uplink_bytes": uplink,
+        "downlink_bytes": downlink,
+        "traffic": human_bytes(uplink + downlink),
+        "dagster/row_count": buckets,
+    }
