@@ -1,6 +1,6 @@
 """The only place this project touches Dagster's private API (`dagster._…`).
 
-Four things have no public form in Dagster 1.13:
+Six things have no public form in Dagster 1.13 (or none that is affordable):
 
 - building an asset backfill in code (what the UI's "Launch backfill" does),
   with a dynamic-partitions store that answers from one query:
@@ -13,9 +13,14 @@ Four things have no public form in Dagster 1.13:
   a partitioned check's per-window result as neither passed nor failed
   (docs/ui.md, research note 1);
 - the names of the range tags a single-run backfill sets; they are plain
-  strings, spelled out here, and checked against Dagster's.
+  strings, spelled out here, and checked against Dagster's;
+- per-minute metadata for every key of a range step at once
+  (`add_partition_metadata`); the public call re-lists the range per key;
+- a run worker keeping one instance connection per storage on PostgreSQL
+  (`hold_instance_connections`), as the webserver does, instead of a new
+  connection per event.
 
-`test_dagster_internals.py` exercises each against the installed Dagster, so
+`test_dagster_internals.py` and `test_dagster_internals_runs.py` exercise each against the installed Dagster, so
 an upgrade that moves or changes one fails there, loudly, and not in
 production.
 """
