@@ -217,8 +217,8 @@ def run_fleet(args) -> dict:
 
         report["collection_sensor_s"] = _bench_sensor(instance)
         report["billing_status_s"] = _bench_status(env)
-        report["reconcile_submit_s"] = _bench_reconcile_submit(instance, source_ids, now)
-        report["reconcile_cli_s"] = _bench_reconcile_cli(env, now)
+        report["reconcile_submit"] = _bench_reconcile_submit(source_ids, now)
+        report["reconcile_cli"] = _bench_reconcile_cli(env, now)
         url = _start_webserver(env, stack)
         cold, answer = _timed(_graphql, url, PARTITION_STATUS_QUERY, {"assetKey": {"path": ["usage_minute_buckets"]}})
         warm, _ = _timed(_graphql, url, PARTITION_STATUS_QUERY, {"assetKey": {"path": ["usage_minute_buckets"]}})
@@ -277,34 +277,100 @@ def _bench_status(env: dict) -> float | None:
     return seconds
 
 
-def _bench_reconcile_cli(env: dict, now) -> float:
-    """What an operator types: `billing reconcile --all-sources` over 2 hours (one process, one backfill per source)."""
+RECONCILE_REPEAT = 3
+
+
+def _bench_reconcile_cli(env: dict, now, repeat: int = RECONCILE_REPEAT) -> dict:
+    """What an operator types: `billing reconcile --all-sources` over 2 hours (one process, one backfill per source).
+
+    `repeat` times (each submits its own backfills), plus the same interpreter
+    doing only the command's imports: the floor no submission change moves.
+    """
     from billing_assets.core.timeutil import format_rfc3339
 
     end = now - timedelta(hours=4)
     command = [sys.executable, "-m", "billing_assets.cli.main", "reconcile", "--all-sources",
                "--since", format_rfc3339(end - timedelta(hours=2)), "--until", format_rfc3339(end)]  # fmt: skip
-    began = time.perf_counter()
-    done = subprocess.run(command, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - began
-    submitted = sum(1 for line in done.stdout.splitlines() if line.startswith("backfill "))
-    print(f"  billing reconcile --all-sources (2 h): {seconds:.2f}s, {submitted} backfills, exit {done.returncode}"
-          " (includes interpreter start)" + (f" {done.stderr[-500:]}" if done.returncode else ""), flush=True)
-    return seconds
+    imports = [sys.executable, "-c", "import dagster_postgres, billing_assets.cli.main, billing_assets.cli.reconcile, "
+               "billing_assets.cli.instance, billing_assets.defs.automation.reconcile"]  # fmt: skip
+    runs, floors = [], []
+    for _ in range(repeat):
+        began = time.perf_counter()
+        done = subprocess.run(command, env=env, capture_output=True, text=True)
+        runs.append(time.perf_counter() - began)
+        submitted = sum(1 for line in done.stdout.splitlines() if line.startswith("backfill "))
+        if done.returncode:
+            print(f"  billing reconcile --all-sources: exit {done.returncode} {done.stderr[-500:]}", flush=True)
+        began = time.perf_counter()
+        subprocess.run(imports, env=env, check=True)
+        floors.append(time.perf_counter() - began)
+    print(f"  billing reconcile --all-sources (2 h) x{repeat}: {min(runs):.2f}-{max(runs):.2f}s, {submitted} backfills each"
+          f" (includes interpreter start and imports: {min(floors):.2f}-{max(floors):.2f}s)", flush=True)
+    return {"runs_s": runs, "imports_s": floors, "backfills": submitted}
 
 
-def _bench_reconcile_submit(instance, source_ids: list[str], now) -> float:
-    """`billing reconcile`'s path: `submit_reconcile_backfill` per source, 2 hours each, in process."""
-    from billing_assets.definitions import defs
-    from billing_assets.defs.automation.reconcile import submit_reconcile_backfill
+def _bench_reconcile_submit(source_ids: list[str], now, repeat: int = RECONCILE_REPEAT) -> dict:
+    """`billing reconcile`'s path in process, 2 hours of every source: check, build, submit (4 at a time on PostgreSQL).
+
+    On a fresh instance each time: `submit_backfills` pools its storages' connections,
+    which must not change what the later measurements see.
+    """
+    import dagster as dg
+
+    from billing_assets.defs.automation.reconcile import reconcile_backfill, require_registered, submit_backfills
 
     end = now - timedelta(hours=1)
-    began = time.perf_counter()
-    for source_id in source_ids:
-        submit_reconcile_backfill(instance, defs, source_id, end - timedelta(hours=2), end)
-    seconds = time.perf_counter() - began
-    print(f"  reconcile submit via submit_reconcile_backfill ({len(source_ids)} sources x 2 h): {seconds:.2f}s", flush=True)
-    return seconds
+    build, submit = [], []
+    for _ in range(repeat):
+        instance = dg.DagsterInstance.get()
+        began = time.perf_counter()
+        known = require_registered(instance, source_ids)
+        built = {source_id: reconcile_backfill(known, source_id, end - timedelta(hours=2), end) for source_id in source_ids}
+        build.append(time.perf_counter() - began)
+        seconds, _ = _timed(submit_backfills, instance, built)
+        submit.append(seconds)
+    print(f"  reconcile in process ({len(source_ids)} sources x 2 h) x{repeat}: check+build {min(build):.2f}-{max(build):.2f}s, "
+          f"submit {min(submit):.2f}-{max(submit):.2f}s", flush=True)
+    return {"build_s": build, "submit_s": submit}
+
+
+def run_reconcile_only(sources: int, days: int, repeat: int) -> dict:
+    """Only the reconcile measurements, on the fleet's instance without its materializations or webserver:
+
+        .venv/bin/python -m bench.fleet --reconcile-only [--sources 100] [--days 32] [--repeat 3]
+    """
+    from bench.common import dagster_home, machine
+    from billing_assets.core.timeutil import floor_minute, format_rfc3339, now_utc
+    from billing_assets.devtools.postgres import start_postgres
+
+    os.environ["BENCH_FLEET_TOKEN"] = "fleet-bench-token-never-used"
+    report: dict = {"machine": machine(), "sources": sources, "days": days}
+    with ExitStack() as stack:
+        root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="billing-fleet-reconcile-")))
+        now = floor_minute(now_utc())
+        start_day = (now - timedelta(days=days - 1)).replace(hour=0, minute=0)
+        server = start_postgres()
+        stack.callback(server.stop)
+        home = dagster_home(root, "dagster_home", server.create_database("dagster"))
+        registry = root / "sources.yaml"
+        source_ids = _registry(registry, sources, format_rfc3339(start_day))
+        env = dict(
+            os.environ, DAGSTER_HOME=home, BILLING_SOURCES_FILE=str(registry), BILLING_DATABASE_URL=server.create_database("billing"),
+            BILLING_PARTITIONS_START=start_day.strftime("%Y-%m-%d-%H:%M"),
+        )  # fmt: skip
+        os.environ.update({k: env[k] for k in ("DAGSTER_HOME", "BILLING_SOURCES_FILE", "BILLING_DATABASE_URL", "BILLING_PARTITIONS_START")})
+        import dagster as dg
+
+        from billing_assets.defs.automation.source_partitions import sync_instance
+        from billing_assets.registry.model import load_registry
+        from billing_assets.storage.engine import get_engine, migrate
+
+        migrate(get_engine(env["BILLING_DATABASE_URL"]))
+        sync_instance(dg.DagsterInstance.get(), load_registry(registry))
+        print(f"fleet reconcile: {sources} sources, {days} days of minute partitions, PostgreSQL instance storage", flush=True)
+        report["reconcile_submit"] = _bench_reconcile_submit(source_ids, now, repeat)
+        report["reconcile_cli"] = _bench_reconcile_cli(env, now, repeat)
+    return report
 
 
 def _bench_backfill(url: str, source_ids: list[str], now) -> float:
@@ -324,3 +390,15 @@ def _bench_backfill(url: str, source_ids: list[str], now) -> float:
     outcome = (answer.get("data") or {}).get("launchPartitionBackfill") or answer.get("errors")
     print(f"  reconcile backfill submit ({len(names):,} partitions x {len(BILLING_ASSETS)} assets): {seconds:.2f}s -> {outcome}", flush=True)
     return seconds
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="bench.fleet measurements on their own (the full preset: bench.run --preset fleet)")
+    parser.add_argument("--reconcile-only", action="store_true", required=True, help="only `billing reconcile --all-sources`")
+    parser.add_argument("--sources", type=int, default=100)
+    parser.add_argument("--days", type=int, default=32)
+    parser.add_argument("--repeat", type=int, default=RECONCILE_REPEAT)
+    options = parser.parse_args()
+    print(json.dumps(run_reconcile_only(options.sources, options.days, options.repeat), indent=2))

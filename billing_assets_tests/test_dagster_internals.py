@@ -6,6 +6,7 @@ If an upgrade moves or changes any of it, these fail first and say which.
 from __future__ import annotations
 
 import warnings
+from datetime import timedelta
 
 import dagster as dg
 
@@ -25,8 +26,9 @@ def test_unfinished_statuses_are_dagsters():
     assert set(internals.UNFINISHED_RUN_STATUSES) == set(NOT_FINISHED_STATUSES)
 
 
-def test_an_asset_backfill_is_built_with_its_partitions_and_tags(billing_env, recent_hour, monkeypatch):
-    """Built as Dagster's own `from_partitions_by_assets` over the real asset graph builds it, from one membership query."""
+def test_asset_backfills_are_built_as_dagster_builds_them_from_one_membership_query(billing_env, recent_hour, monkeypatch):
+    """Equal to Dagster's own `from_partitions_by_assets` over the real asset graph, for each source of a batch;
+    the batch's membership is one query and its minute range is resolved once."""
     from dagster._core.definitions.selector import PartitionRangeSelector, PartitionsByAssetSelector, PartitionsSelector
     from dagster._core.execution.backfill import PartitionBackfill
 
@@ -35,7 +37,7 @@ def test_an_asset_backfill_is_built_with_its_partitions_and_tags(billing_env, re
 
     instance = billing_env.instance()
     instance.add_dynamic_partitions(SOURCES_PARTITION, ["bf-1", "bf-2"])
-    keys = [partition_key(recent_hour, "bf-1"), partition_key(recent_hour.replace(minute=recent_hour.minute + 1), "bf-1")]
+    minutes = [recent_hour, recent_hour + timedelta(minutes=1), recent_hour + timedelta(minutes=2)]
     assets = ["usage_samples", "billing_ledger"]
     known = internals.known_dynamic_partitions(instance, SOURCES_PARTITION, ["bf-1", "bf-2", "bf-gone"])
     assert [known.has_dynamic_partition(SOURCES_PARTITION, s) for s in ("bf-1", "bf-2", "bf-gone")] == [True, True, False]
@@ -43,29 +45,35 @@ def test_an_asset_backfill_is_built_with_its_partitions_and_tags(billing_env, re
     def no_more_queries(*args, **kwargs):
         raise AssertionError("the known store asked the instance again")
 
-    monkeypatch.setattr(type(instance), "has_dynamic_partition", no_more_queries)
-    with warnings.catch_warnings():
+    built = {}
+    with monkeypatch.context() as patch, warnings.catch_warnings():
+        patch.setattr(type(instance), "has_dynamic_partition", no_more_queries)
+        patch.setattr(type(instance), "get_dynamic_partitions", no_more_queries)
         warnings.simplefilter("error", DeprecationWarning)  # the names path warned (AssetSelection.sources)
-        backfill = internals.asset_backfill(
-            known, billing_partitions, "abcd1234", keys[0], keys[-1], assets, {"billing/source": "bf-1"}, title="t", description="d"
-        )
-    monkeypatch.undo()
-    instance.add_backfill(backfill)
-    stored = instance.get_backfill("abcd1234")
-    assert stored.tags == {"billing/source": "bf-1"} and stored.title == "t" and stored.description == "d"
-    assert sorted(key.to_user_string() for key in stored.asset_selection) == sorted(assets)
-    covered = {(p.asset_key.to_user_string(), str(p.partition_key)) for p in stored.asset_backfill_data.target_subset.iterate_asset_partitions()}
-    assert covered == {(asset, key) for asset in assets for key in keys}
+        for n, source_id in enumerate(("bf-1", "bf-2")):
+            built[source_id] = internals.asset_backfill(
+                known, billing_partitions, f"abcd123{n}", partition_key(minutes[0], source_id), partition_key(minutes[-1], source_id),
+                assets, {"billing/source": source_id}, title=f"t{n}", description="d",
+            )  # fmt: skip
+    assert len(known.ranges) == 1, "both sources' minute range resolved once"
 
-    selection = PartitionsSelector(ranges=[PartitionRangeSelector(start=keys[0], end=keys[-1])])
-    with dg.partition_loading_context(dynamic_partitions_store=instance):
-        dagsters = PartitionBackfill.from_partitions_by_assets(
-            backfill_id="abcd1234", asset_graph=defs.resolve_asset_graph(), backfill_timestamp=backfill.backfill_timestamp,
-            tags=backfill.tags, dynamic_partitions_store=instance,
-            partitions_by_assets=[PartitionsByAssetSelector(asset_key=dg.AssetKey(name), partitions=selection) for name in assets],
-            title="t", description="d", run_config=None,
-        )  # fmt: skip
-    assert backfill.asset_backfill_data == dagsters.asset_backfill_data
+    for n, (source_id, backfill) in enumerate(built.items()):
+        instance.add_backfill(backfill)
+        stored = instance.get_backfill(f"abcd123{n}")
+        assert stored.tags == {"billing/source": source_id} and stored.title == f"t{n}" and stored.description == "d"
+        assert sorted(key.to_user_string() for key in stored.asset_selection) == sorted(assets)
+        covered = {(p.asset_key.to_user_string(), str(p.partition_key)) for p in stored.asset_backfill_data.target_subset.iterate_asset_partitions()}
+        assert covered == {(asset, partition_key(minute, source_id)) for asset in assets for minute in minutes}
+
+        selection = PartitionsSelector(ranges=[PartitionRangeSelector(start=partition_key(minutes[0], source_id), end=partition_key(minutes[-1], source_id))])
+        with dg.partition_loading_context(dynamic_partitions_store=instance):
+            dagsters = PartitionBackfill.from_partitions_by_assets(
+                backfill_id=backfill.backfill_id, asset_graph=defs.resolve_asset_graph(), backfill_timestamp=backfill.backfill_timestamp,
+                tags=backfill.tags, dynamic_partitions_store=instance,
+                partitions_by_assets=[PartitionsByAssetSelector(asset_key=dg.AssetKey(name), partitions=selection) for name in assets],
+                title=backfill.title, description="d", run_config=None,
+            )  # fmt: skip
+        assert backfill.asset_backfill_data == dagsters.asset_backfill_data
 
 
 def test_reconstruction_is_told_apart_from_a_first_load():

@@ -45,25 +45,66 @@ UNFINISHED_RUN_STATUSES = (
 )
 
 
-def known_dynamic_partitions(instance: dg.DagsterInstance, partitions_def_name: str, keys: Sequence[str]):
+class KnownPartitions:
+    """What `known_dynamic_partitions` read, plus the ranges of the other dimensions resolved so far.
+
+    `store` is the dynamic-partitions store Dagster is handed (its
+    `CachingDynamicPartitionsLoader`: keys it was not told about still go to
+    the instance). Only for the thread that made it.
+    """
+
+    def __init__(self, store):
+        self.store = store
+        self.ranges: dict[tuple, list[str]] = {}
+
+    def has_dynamic_partition(self, partitions_def_name: str, partition_key: str) -> bool:
+        return self.store.has_dynamic_partition(partitions_def_name, partition_key)
+
+
+def known_dynamic_partitions(instance: dg.DagsterInstance, partitions_def_name: str, keys: Sequence[str]) -> KnownPartitions:
     """A dynamic-partitions store that already knows which of `keys` exist: one query, not one per question.
 
     Building a backfill over a (minute, source) range asks whether the source
     exists for each end of the range and each asset; asked of the instance,
     that is a query (and, on PostgreSQL, new connections) each time: 8 per
-    backfill. This store (Dagster's own `CachingDynamicPartitionsLoader`)
-    answers those from one bounded query for all `keys`; other keys and
-    names still go to the instance. Only for use on the thread that made it.
+    backfill. This store answers those from one bounded query for all `keys`.
     """
     from dagster._core.instance.types import CachingDynamicPartitionsLoader
 
-    store = CachingDynamicPartitionsLoader(instance)
-    store.get_existing_dynamic_partitions(partitions_def_name, list(keys))
-    return store
+    loader = CachingDynamicPartitionsLoader(instance)
+    loader.get_existing_dynamic_partitions(partitions_def_name, list(keys))
+    return KnownPartitions(loader)
+
+
+def _keys_in_range(known: KnownPartitions, partitions_def: dg.PartitionsDefinition, first_key: str, last_key: str) -> list:
+    """`partitions_def.get_partition_keys_in_range`, with each non-dynamic dimension's range resolved once per `known`.
+
+    A multi-partition range is the product of its dimensions' ranges (as
+    Dagster computes it); the minute dimension's is a cron walk that costs
+    more than the rest of a backfill, and every source of a reconcile asks
+    for the same one. Dynamic dimensions are asked of `known` every time.
+    """
+    import itertools
+
+    if not isinstance(partitions_def, dg.MultiPartitionsDefinition):
+        return list(partitions_def.get_partition_keys_in_range(dg.PartitionKeyRange(first_key, last_key)))
+    first, last = partitions_def.get_partition_key_from_str(first_key), partitions_def.get_partition_key_from_str(last_key)
+    sequences = []
+    for dimension in partitions_def.partitions_defs:
+        part = dg.PartitionKeyRange(first.keys_by_dimension[dimension.name], last.keys_by_dimension[dimension.name])
+        if isinstance(dimension.partitions_def, dg.DynamicPartitionsDefinition):
+            sequences.append(dimension.partitions_def.get_partition_keys_in_range(part))
+            continue
+        memo = (id(dimension.partitions_def), dimension.name, part.start, part.end)
+        if memo not in known.ranges:
+            known.ranges[memo] = list(dimension.partitions_def.get_partition_keys_in_range(part))
+        sequences.append(known.ranges[memo])
+    names = [dimension.name for dimension in partitions_def.partitions_defs]
+    return [dg.MultiPartitionKey(dict(zip(names, keys))) for keys in itertools.product(*sequences)]
 
 
 def asset_backfill(
-    dynamic_partitions_store,
+    known: KnownPartitions,
     partitions_def: dg.PartitionsDefinition,
     backfill_id: str,
     first_key: str,
@@ -85,13 +126,13 @@ def asset_backfill(
     from dagster._core.definitions.assets.graph.asset_graph_subset import AssetGraphSubset
     from dagster._core.execution.backfill import PartitionBackfill
 
-    with dg.partition_loading_context(dynamic_partitions_store=dynamic_partitions_store):
-        keys = partitions_def.empty_subset().with_partition_key_range(partitions_def, dg.PartitionKeyRange(first_key, last_key))
+    with dg.partition_loading_context(dynamic_partitions_store=known.store):
+        keys = partitions_def.empty_subset().with_partition_keys(_keys_in_range(known, partitions_def, first_key, last_key))
         return PartitionBackfill.from_asset_graph_subset(
             backfill_id=backfill_id,
             backfill_timestamp=time.time(),
             tags=tags,
-            dynamic_partitions_store=dynamic_partitions_store,
+            dynamic_partitions_store=known.store,
             asset_graph_subset=AssetGraphSubset(partitions_subsets_by_asset_key={dg.AssetKey(name): keys for name in assets}),
             title=title,
             description=description,
