@@ -18,7 +18,7 @@ import dagster as dg
 from billing_assets.core.timeutil import MINUTE, ceil_minute, floor_minute, format_rfc3339
 from billing_assets.defs.automation import clock
 from billing_assets.defs.runs import BILLING_ASSETS, range_request, source_tags
-from billing_assets.defs.dagster_internals import asset_backfill, known_dynamic_partitions
+from billing_assets.defs.dagster_internals import asset_backfill, hold_instance_connections, known_dynamic_partitions
 from billing_assets.settings import Settings
 from billing_assets.defs.partitions import SOURCES_PARTITION, billing_partitions, earliest_window, partition_key
 from billing_assets.defs.resources import BillingStore
@@ -134,12 +134,13 @@ def submit_backfills(instance: dg.DagsterInstance, backfills: dict[str, object],
     """Adds every backfill (source_id -> built backfill); returns source_id -> backfill id.
 
     On PostgreSQL instance storage SUBMIT_WORKERS at a time, each on its own
-    pooled connection; elsewhere one at a time (`workers` overrides). The
-    first failure stops what has not started yet; the ones in flight finish.
-    Raises SubmissionFailed naming what was submitted and what not: a
-    backfill whose add failed is looked up, since the error may have come
-    after its row was written (then it counts as submitted; if the look-up
-    fails too, as unknown, with its id to check).
+    pooled connection (`hold_instance_connections`, for good: pass an
+    instance of the caller's own); elsewhere one at a time (`workers`
+    overrides). The first failure stops what has not started yet; the ones
+    in flight finish. Raises SubmissionFailed naming what was submitted and
+    what not: a backfill whose add failed is looked up, since the error may
+    have come after its row was written (then it counts as submitted; if the
+    look-up fails too, as unknown, with its id to check).
     """
     import threading
 
@@ -147,9 +148,9 @@ def submit_backfills(instance: dg.DagsterInstance, backfills: dict[str, object],
         workers = SUBMIT_WORKERS if parallel_submit_safe(instance) else 1
     workers = max(1, min(workers, len(backfills)))
     if workers > 1:
-        # dagster-postgres opens a new connection per statement (NullPool); a small pool lets
-        # each worker reuse its own. The instance is this process's (the CLI's) alone.
-        instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=workers)
+        # dagster-postgres opens a new connection per statement (NullPool); a small pool
+        # (1 + 4 overflow) lets each worker reuse its own instead.
+        hold_instance_connections(instance)
     stop = threading.Event()
     outcome: dict[str, BaseException | bool] = {}
 
