@@ -4,6 +4,8 @@ tests start themselves), real HTTPS exporters, and a Dagster instance."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -19,6 +21,31 @@ from billing_assets.devtools.postgres import pg_binaries_available, start_postgr
 from billing_assets_tests.support.scripted_exporter import start_scripted_upstream
 
 os.environ.setdefault("DAGSTER_TELEMETRY_DISABLED", "1")
+
+
+def _temp_in_memory(minimum_free: int = 4 * 2**30) -> None:
+    """Temp files (tmp_path, SQLite files, Dagster homes, PostgreSQL data dirs) in /dev/shm when it is roomy.
+
+    Dagster's SQLite instance storage commits every event with an fsync, and
+    a range run stores hundreds of events: on this machine's disk that was
+    over half of a long run's time in tests. The tests assert what is billed,
+    not what survives a power cut (their PostgreSQL runs with fsync off for
+    the same reason), so a memory file system changes no outcome. Falls back
+    to the normal temp dir where /dev/shm is small or absent; TMPDIR set by
+    the caller always wins.
+    """
+    shm = "/dev/shm"
+    if os.environ.get("TMPDIR") or not os.path.isdir(shm) or not os.access(shm, os.W_OK):
+        return
+    if shutil.disk_usage(shm).free < minimum_free:
+        return
+    root = os.path.join(shm, f"billing-tests-{os.getuid()}")
+    os.makedirs(root, exist_ok=True)
+    os.environ["TMPDIR"] = root  # subprocesses: dagster CLI, webserver, run workers
+    tempfile.tempdir = root
+
+
+_temp_in_memory()
 
 
 @pytest.fixture(scope="session")

@@ -18,6 +18,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import tempfile
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -95,8 +96,8 @@ def _immutable(*paths: Path):
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_status_on_an_unwritable_sqlite_directory_reads_and_changes_nothing(billing_env, monkeypatch):
-    directory = billing_env.root / "ro-db"
-    directory.mkdir()
+    # On disk, not in the suite's memory temp dir (conftest): tmpfs has no immutable flag.
+    directory = Path(tempfile.mkdtemp(prefix="billing-ro-db-", dir="/var/tmp" if os.path.isdir("/var/tmp") else None))
     moved = directory / "billing.sqlite"
     url = billing_env.database_url = f"sqlite:///{moved}"
     monkeypatch.setenv("BILLING_DATABASE_URL", url)
@@ -125,6 +126,7 @@ def test_status_on_an_unwritable_sqlite_directory_reads_and_changes_nothing(bill
     assert set(rows) == {"ro-1", "ro-2"} and all(row.rstrip().endswith("ok") for row in rows.values()), result.stdout
     assert as_json.returncode == 0 and '"source_id": "ro-1"' in as_json.stdout
     assert after == before, "status created, grew or touched a file (no -wal/-shm, same bytes and mtime)"
+    shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_the_read_engine_refuses_writes_and_never_migrates(billing_env, recent_hour):

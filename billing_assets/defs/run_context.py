@@ -24,6 +24,7 @@ from billing_assets.core.timeutil import format_rfc3339, now_utc
 from billing_assets.defs.dagster_internals import hold_instance_connections, latest_materialization_targets
 from billing_assets.defs.partitions import billing_partitions, key_parts, run_slices
 from billing_assets.defs.resources import BillingStore
+from billing_assets.pipeline import progress as progress_meter
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.credentials import CredentialError
 from billing_assets.registry.model import RegistryError, Source
@@ -34,7 +35,7 @@ EXPECTED_ERRORS = (SourceFetchError, RegistryError, CredentialError)
 
 
 def run_each_slice(
-    context: dg.AssetExecutionContext, store: BillingStore, step: Callable[[Source, Slice], Any]
+    context: dg.AssetExecutionContext, store: BillingStore, step: Callable[[Source, Slice, progress_meter.Progress], Any]
 ) -> list[tuple[Slice, Any]]:
     """Run `step` over the run's slices; every failure ends up in the source's checkpoint.
 
@@ -54,7 +55,9 @@ def run_each_slice(
                 f"{work.source_id}: [{format_rfc3339(work.start)}, {format_rfc3339(work.end)}) ({work.minutes} min)"
             )
             try:
-                results.append((work, step(source, work)))
+                meter = progress_meter.Progress(step_name, work, context.log.info, every_s=progress_meter.EVERY_S)
+                results.append((work, step(source, work, meter)))
+                context.log.info(meter.finish())
             except EXPECTED_ERRORS:
                 raise
             except Exception as error:

@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Engine
 
 from billing_assets.core.buckets import derive_minute_usage
 from billing_assets.core.timeutil import MINUTE, now_utc
+from billing_assets.pipeline.progress import Progress
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.model import Source
 from billing_assets.storage import buckets as bucket_store
@@ -58,6 +59,7 @@ def bucket_slice(
     clock: Callable[[], datetime] = now_utc,
     chunk: timedelta = CHUNK,
     max_samples: int = MAX_CHUNK_SAMPLES,
+    progress: Progress | None = None,
 ) -> BucketStats:
     stats = BucketStats()
     if work.end - work.start > MINUTE:
@@ -80,6 +82,8 @@ def bucket_slice(
         stats.uplink_bytes += done.uplink_bytes
         stats.downlink_bytes += done.downlink_bytes
         stats.held += done.held
+        if progress:
+            progress.advance(part.end, done.samples)
     return stats
 
 

@@ -19,6 +19,7 @@ from billing_assets.core.ledger import plan_ledger_entries
 from billing_assets.core.pricing import Pricing, nanos_to_amount
 from billing_assets.core.timeutil import MINUTE, now_utc
 from billing_assets.pipeline.bucket import chunk_for
+from billing_assets.pipeline.progress import Progress
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.model import Source
 from billing_assets.storage import ledger as ledger_store
@@ -49,6 +50,7 @@ def charge_slice(
     clock: Callable[[], datetime] = now_utc,
     chunk: timedelta = CHUNK,
     max_buckets: int = MAX_CHUNK_BUCKETS,
+    progress: Progress | None = None,
 ) -> LedgerStats:
     stats = LedgerStats()
     if work.end - work.start > MINUTE:
@@ -70,4 +72,6 @@ def charge_slice(
             stats.charges += int((kinds == "charge").sum())
             stats.corrections += int((kinds == "correction").sum())
             stats.amount_nanos += int(entries["amount_nanos"].sum())
+        if progress:
+            progress.advance(part.end, len(state))
     return stats

@@ -22,6 +22,7 @@ from datetime import datetime
 from sqlalchemy import Engine
 
 from billing_assets.core.timeutil import floor_minute, now_utc
+from billing_assets.pipeline.progress import Progress
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.model import Source
 from billing_assets.storage import checkpoints, snapshots
@@ -86,7 +87,7 @@ class _SpooledPage:
 
 
 def _download(
-    client: ExporterClient, since: datetime, until: datetime, spool, clock, by_minute: Counter
+    client: ExporterClient, since: datetime, until: datetime, spool, clock, by_minute: Counter, progress: Progress | None
 ) -> list[_SpooledPage]:
     """Every page of the window into `spool` as received (length-prefixed bodies); no database.
 
@@ -103,6 +104,8 @@ def _download(
         for item in page.items:
             samples += len(item.samples)
             by_minute[floor_minute(item.collected_at)] += len(item.samples)
+        if progress and page.items:
+            progress.advance(floor_minute(page.items[-1].collected_at), samples)
         pages.append(
             _SpooledPage(fetched.page_no, len(page.items), samples, fetched.body_bytes, page.emitted_at, clock(), fetched.cursor)
         )
@@ -124,6 +127,7 @@ def fetch_slice(
     run_id: str | None = None,
     retry: RetryPolicy | None = None,
     clock: Callable[[], datetime] = now_utc,
+    progress: Progress | None = None,
 ) -> FetchStats:
     """Download the slice's pages, then stage them and move the checkpoint in one transaction.
 
@@ -145,7 +149,7 @@ def fetch_slice(
     stamp = time_param(engine)
     try:
         with ExporterClient(source, retry) as client, tempfile.TemporaryFile(prefix="billing-fetch-") as spool:
-            pages = _download(client, since, until, spool, clock, stats.samples_by_minute)
+            pages = _download(client, since, until, spool, clock, stats.samples_by_minute, progress)
             spool.seek(0)
             fetched_at = stamp(now)
             with engine.begin() as connection:

@@ -28,7 +28,7 @@ def exporter_snapshots(context: dg.AssetExecutionContext, billing: BillingStore)
     """
     engine = billing.engine()
     results = run_each_slice(
-        context, billing, lambda source, work: fetch_slice(engine, source, work, run_id=context.run.run_id)
+        context, billing, lambda source, work, progress: fetch_slice(engine, source, work, run_id=context.run.run_id, progress=progress)
     )
     totals = summed(results, "pages", "items", "samples", "body_bytes")
     attach_minute_figures(context, results, _received, {"samples": 0, "dagster/row_count": 0})

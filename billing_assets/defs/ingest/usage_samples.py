@@ -27,7 +27,7 @@ def usage_samples(context: dg.AssetExecutionContext, billing: BillingStore) -> d
     Deliveries older than the dedup horizon are refused, never billed.
     """
     engine, horizon = billing.engine(), billing.horizon()
-    results = run_each_slice(context, billing, lambda source, work: dedup_slice(engine, source, work, horizon))
+    results = run_each_slice(context, billing, lambda source, work, _progress: dedup_slice(engine, source, work, horizon))
     totals = summed(results, "staged", "inserted", "duplicates", "conflicts", "beyond_horizon")
     if totals["conflicts"]:
         context.log.warning(f"{totals['conflicts']} conflicting duplicate deliveries quarantined in sample_conflicts")

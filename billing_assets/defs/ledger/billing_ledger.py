@@ -29,7 +29,7 @@ def billing_ledger(context: dg.AssetExecutionContext, billing: BillingStore) -> 
     """
     engine, pricing = billing.engine(), billing.pricing()
     results = run_each_slice(
-        context, billing, lambda source, work: charge_slice(engine, source, work, pricing, run_id=context.run.run_id)
+        context, billing, lambda source, work, progress: charge_slice(engine, source, work, pricing, run_id=context.run.run_id, progress=progress)
     )
     totals = summed(results, "buckets", "charges", "corrections")
     amount = sum((stats.amount for _, stats in results), start=0)

@@ -28,7 +28,7 @@ def usage_minute_buckets(context: dg.AssetExecutionContext, billing: BillingStor
     batch answer, and a run that changes nothing writes nothing.
     """
     engine = billing.engine()
-    results = run_each_slice(context, billing, lambda source, work: bucket_slice(engine, source, work))
+    results = run_each_slice(context, billing, lambda source, work, progress: bucket_slice(engine, source, work, progress=progress))
     totals = summed(results, "samples", "buckets", "rows_written", "uplink_bytes", "downlink_bytes", "held")
 
     def own(work, _stats) -> dict:
