@@ -47,6 +47,7 @@ def test_dagster_cli_partition_range_is_one_run_and_replay_is_a_no_op(billing_en
 
     instance = billing_env.instance()
     assert len(instance.get_run_records()) == 1
+    assert instance.get_run_records()[0].dagster_run.tags.get("billing/source") == "eu-1", "seen by the in-flight check"
     engine = billing_env.engine
     shape = exporter.server.shape
     oracle = within(expected_buckets(exporter_samples(shape.model, shape.node_id, shape.env, start - timedelta(hours=1), end), start), start, end)
@@ -59,6 +60,29 @@ def test_dagster_cli_partition_range_is_one_run_and_replay_is_a_no_op(billing_en
     assert second.returncode == 0, second.stderr[-3000:]
     assert buckets_by_key(engine, "eu-1") == buckets
     assert ledger_rows(engine, "eu-1") == ledger
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_dg_sees_the_code_location_and_launches_a_range_as_one_run(billing_env, recent_hour):
+    """`[tool.dg]` in pyproject.toml: `dg` loads the same definitions as `dagster` and launches the same one run."""
+    project = Path(__file__).resolve().parents[1]
+    listed = subprocess.run([str(BIN / "dg"), "list", "defs", "--json"], capture_output=True, text=True, cwd=project, timeout=300)
+    assert listed.returncode == 0, listed.stderr[-3000:]
+    assert all(f'"{name}"' in listed.stdout for name in ASSETS.split(",") + ["collection_sensor", "reconcile_schedule"])
+
+    start, end = recent_hour, recent_hour + timedelta(minutes=5)
+    billing_env.fleet.start("eu-1", billing_start=start, users=5)
+    billing_env.write_registry()
+    billing_env.sync_partitions()
+    partition_range = f"{minute_key(start)}|eu-1...{minute_key(end - MINUTE)}|eu-1"
+    launched = subprocess.run(
+        [str(BIN / "dg"), "launch", "--assets", ASSETS, "--partition-range", partition_range],
+        capture_output=True, text=True, cwd=project, timeout=300,
+    )
+    assert launched.returncode == 0, launched.stdout[-3000:] + launched.stderr[-3000:]
+    runs = billing_env.instance().get_run_records()
+    assert len(runs) == 1 and runs[0].dagster_run.tags.get("billing/source") == "eu-1"
+    assert {key[-1] for key in nonzero(buckets_by_key(billing_env.engine, "eu-1"))} == {start + i * MINUTE for i in range(5)}
 
 
 def test_billing_demo_runs_end_to_end(tmp_path, monkeypatch):

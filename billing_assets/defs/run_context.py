@@ -24,6 +24,7 @@ from billing_assets.core.timeutil import format_rfc3339, now_utc
 from billing_assets.defs.dagster_internals import hold_instance_connections, latest_materialization_targets
 from billing_assets.defs.partitions import billing_partitions, key_parts, run_slices
 from billing_assets.defs.resources import BillingStore
+from billing_assets.defs.runs import SOURCE_TAG
 from billing_assets.pipeline import progress as progress_meter
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.credentials import CredentialError
@@ -45,6 +46,7 @@ def run_each_slice(
     """
     hold_instance_connections(context.instance)
     slices = run_slices(context)
+    _tag_source(context, slices)
     step_name = context.asset_key.to_user_string()
     try:
         registry = store.registry()
@@ -71,6 +73,20 @@ def run_each_slice(
         elif not isinstance(error, SourceFetchError):  # fetch records its own failures, in its own words
             _record_failure(store, getattr(error, "source_id", None) or slices[0].source_id, str(error))
         raise dg.Failure(description=str(error), allow_retries=False) from None
+
+
+def _tag_source(context: dg.AssetExecutionContext, slices: list[Slice]) -> None:
+    """Give a run of one source its `billing/source` tag if whoever launched it did not.
+
+    Queued runs get it from the run coordinator before they wait in the
+    queue; runs executed on the spot (`dagster asset materialize`,
+    `dg launch`) pass no coordinator. Tagged while running, they are still
+    seen by the collection sensor's in-flight check, which then leaves that
+    source alone until they end.
+    """
+    sources = {work.source_id for work in slices}
+    if len(sources) == 1 and SOURCE_TAG not in context.run.tags:
+        context.instance.add_run_tags(context.run.run_id, {SOURCE_TAG: sources.pop()})
 
 
 def _span(work: Slice) -> str:
