@@ -73,6 +73,23 @@ def test_billing_assets_show_their_table_contract():
         assert "dagster/code_references" in node.metadata
 
 
+def test_every_asset_has_owners_code_references_and_a_column_schema():
+    """Every asset, downstream and health included; every one that writes a table names it."""
+    from billing_assets.storage.schema import metadata
+
+    graph = defs.resolve_asset_graph()
+    for key in graph.get_all_asset_keys():
+        node = graph.get(key)
+        assert node.owners == ["team:billing"], key
+        assert "dagster/code_references" in node.metadata, key
+        assert node.metadata["dagster/column_schema"].columns, key
+        if key.to_user_string() == "source_health":  # a report: reads tables, writes none
+            assert "dagster/table_name" not in node.metadata
+            continue
+        table = node.metadata["dagster/table_name"]
+        assert [c.name for c in node.metadata["dagster/column_schema"].columns] == [c.name for c in metadata.tables[table].columns]
+
+
 def test_dagster_cli_validates_the_workspace(tmp_path):
     env = dict(os.environ, DAGSTER_HOME=str(tmp_path))
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")

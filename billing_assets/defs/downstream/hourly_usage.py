@@ -7,6 +7,8 @@ from billing_assets.defs.resources import BillingStore
 from billing_assets.pipeline.hourly import derive_hours
 from billing_assets.registry.credentials import CredentialError
 from billing_assets.registry.model import RegistryError
+from billing_assets.defs.table_contracts import OWNERS, table_metadata
+from billing_assets.storage import schema
 
 
 @dg.asset(
@@ -15,6 +17,8 @@ from billing_assets.registry.model import RegistryError
     deps=["billing_ledger"],
     kinds={"sql"},
     group_name="downstream",
+    owners=OWNERS,
+    metadata=table_metadata(schema.hourly_usage),
 )
 def hourly_usage(context: dg.AssetExecutionContext, billing: BillingStore) -> dg.MaterializeResult:
     """Ledger summed per (account, metric, hour) over all sources, and each hour's completeness.

@@ -10,6 +10,8 @@ from billing_assets.pipeline.remittance import deliver, plan_hours
 from billing_assets.registry.credentials import CredentialError
 from billing_assets.storage import downstream as store
 
+from billing_assets.defs.table_contracts import OWNERS, table_metadata
+from billing_assets.storage import schema
 
 @dg.asset(
     partitions_def=hour_partitions,
@@ -17,6 +19,8 @@ from billing_assets.storage import downstream as store
     deps=[hourly_usage],
     kinds={"sql"},
     group_name="downstream",
+    owners=OWNERS,
+    metadata=table_metadata(schema.remittances),
 )
 def remittance(context: dg.AssetExecutionContext, billing: BillingStore) -> dg.MaterializeResult:
     """Records for the run's remittable hours, then delivery of everything due.

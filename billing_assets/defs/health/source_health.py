@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dagster as dg
 
+from billing_assets.defs.table_contracts import OWNERS
+
 from billing_assets.reports.source_health import SourceHealth, source_health as source_health_reports
 from billing_assets.defs.automation import clock
 from billing_assets.settings import Settings
@@ -48,10 +50,24 @@ def _completeness(reports: list[SourceHealth]) -> dg.AssetCheckResult:
         metadata={"sources_with_gaps": len(gaps), **metadata},
     )
 
+# A report, not a table: it writes nothing (it reads `source_checkpoints` and the
+# billing tables), so it names no `dagster/table_name`; these are the figures
+# it shows for each enabled source, as `<source_id> <figure>` metadata.
+REPORT_SCHEMA = dg.TableSchema(
+    columns=[
+        dg.TableColumn("source_id", "text", description="an enabled source of the registry"),
+        dg.TableColumn("lag_s", "float", description="seconds its checkpoint is behind now (-1: never collected)"),
+        dg.TableColumn("last_error", "text", description="the last failure recorded for it, if any"),
+        dg.TableColumn("missing_windows", "int", description="minutes not collected between billing_start and the checkpoint"),
+        dg.TableColumn("conflicts", "int", description="conflicting duplicate deliveries quarantined"),
+    ]
+)
 
 @dg.asset(
     group_name="health",
     kinds={"sql"},
+    owners=OWNERS,
+    metadata={"dagster/column_schema": REPORT_SCHEMA},
     check_specs=[
         dg.AssetCheckSpec(FRESHNESS, asset="source_health", description="Every enabled source is within its lag budget."),
         dg.AssetCheckSpec(
