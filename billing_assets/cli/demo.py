@@ -13,7 +13,9 @@ reference receiver keeps taking remittances, and `dagster-daemon run` plus
 `dagster-webserver` run as children on the same SQLite DAGSTER_HOME with the
 production run queue (our coordinator, one run per source). Collection,
 health and remittance then run by themselves until Ctrl-C or SIGTERM, which
-stops the children and the servers. `--ui --workdir DIR` on a directory a
+stops the children and the servers. The short demo's range then ends a
+minute earlier, so the daemon's first collection tick has a closed minute to
+bill and the UI shows a live run at once. `--ui --workdir DIR` on a directory a
 demo made before resumes it instead of billing again: same certificates,
 tokens and traffic, the same ports when they are free (otherwise new ports,
 written back into the registry's `base_url`), and the collection sensor
@@ -231,7 +233,8 @@ def run_demo(
             registry_file.write_text(yaml.safe_dump({"sources": entries}, sort_keys=False))
             print(f"resuming {root}: {len(entries)} exporters at " + ", ".join(f"{e['source_id']} {e['base_url']}" for e in entries))
         else:
-            end = floor_minute(now_utc())
+            # Live, the last closed minute is left to collection_sensor: the UI shows a run billing it at once.
+            end = floor_minute(now_utc()) - (MINUTE if ui else timedelta(0))
             start = end - minutes * MINUTE
             entries = _sources(root, sources, users, stack)
             for entry in entries:
@@ -453,7 +456,8 @@ def _go_live(root: Path, host: str, port: int, stack: ExitStack, resumable: bool
     sensors, schedules = _turn_on(f"{url}/graphql", repository)
     print(f"Dagster UI: {url}")
     print(f"  {sensors} sensors and {schedules} schedules running; the exporters serve live traffic, so")
-    print(f"  {url}/assets/usage_minute_buckets?view=partitions turns green minute by minute (collection_sensor, every 30 s)")
+    print(f"  {url}/assets/usage_minute_buckets?view=partitions turns green minute by minute (collection_sensor, every 30 s;")
+    print("  the demo left the last closed minute to it)")
     if accounts_file is None:
         print("  (no accounts file in this workdir: remittance runs will fail until BILLING_ACCOUNTS_FILE names one)")
     print(f"environment for `dagster dev -w {root / 'workspace.yaml'}` and the billing CLI on this workdir (also in {root / ENV_FILE}):")
