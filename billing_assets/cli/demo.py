@@ -322,7 +322,6 @@ def _live_env(root: Path, accounts_file: Path | None) -> tuple[dict[str, str], d
     if accounts_file is None:
         env.pop("BILLING_ACCOUNTS_FILE", None)
     env.update(lines)
-    env["DAGSTER_TELEMETRY_DISABLED"] = "1"
     (root / ENV_FILE).write_text("".join(f"export {name}={value}\n" for name, value in lines.items()))
     return env, lines
 
