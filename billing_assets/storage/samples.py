@@ -147,7 +147,14 @@ def dedup_staged(
     conflicts = connection.execute(QUARANTINE_AGAINST_STORED, quarantine).rowcount or 0
     connection.execute(INSERT_NEW_SERIES, dict(base, horizon=horizon))
     inserted = connection.execute(INSERT_FIRST_DELIVERIES, dict(base, now=now, horizon=horizon)).rowcount
-    conflicts += connection.execute(QUARANTINE_REDELIVERED, quarantine).rowcount or 0
+    # Every staged delivery inside the horizon became a new sample: then no identity was
+    # delivered twice in this fetch (a second delivery is never inserted), and there is
+    # nothing for QUARANTINE_REDELIVERED to find. That is every window's first pass; the
+    # check's grouping of all staged rows cost ~0.4-0.6 s per source-hour for nothing.
+    # (Deliveries beyond the horizon are never inserted; one that differs from a stored
+    # sample was quarantined against the stored samples above.)
+    if (inserted or 0) != int(staged or 0) - int(beyond or 0):
+        conflicts += connection.execute(QUARANTINE_REDELIVERED, quarantine).rowcount or 0
     return DedupStats(int(staged or 0), int(inserted or 0), int(conflicts), int(beyond or 0))
 
 
