@@ -86,10 +86,12 @@ usage_series = Table(
 # identity, which is exactly one row per (series_id, collected_at).
 # `source_id` is kept (denormalised from the series) because every step reads
 # one source's time range: the (source_id, collected_at) index makes that one
-# range scan, where going through the dictionary would be one index descent
-# per series. No foreign key to usage_series: dedup resolves the ids from the
-# dictionary in the same transaction, and a per-row FK check would cost a
-# trigger and an index probe per inserted sample (bench/RESULTS.md, round 7).
+# range scan in heap order, which the planner picks by itself; without it the
+# same read is one primary-key descent per series, as fast only when the
+# planner is forced away from scanning every source's rows of those days
+# (bench/RESULTS.md, round 7). No foreign key to usage_series: dedup, the one
+# writer, takes the ids from the dictionary in the same transaction, and a
+# foreign key would add a trigger and an index probe per inserted sample.
 # Other services read the contract columns through the `usage_samples` view.
 usage_sample_rows = Table(
     "usage_sample_rows",
