@@ -21,7 +21,8 @@ from billing_assets.core.buckets import BUCKET_COLUMNS, RELEASED_COLUMNS, SAMPLE
 from billing_assets.core.plausibility import DEFAULT_MAX_BYTES_PER_SECOND
 from billing_assets.storage.buckets_in_database import recompute_buckets
 from billing_assets.storage.engine import get_engine, migrate
-from billing_assets.storage.schema import usage_minute_buckets, usage_quarantine, usage_samples
+from billing_assets.storage.schema import usage_minute_buckets, usage_quarantine
+from billing_assets_tests.support.db import insert_samples
 from billing_assets_tests.support.histories import counter_histories
 
 pytestmark = pytest.mark.postgres
@@ -104,9 +105,7 @@ def test_database_buckets_equal_the_pure_function(
     expected_holds = hold_keys(usage.held.to_dict("records"))
 
     with pg_engine.connect() as connection, connection.begin() as transaction:
-        connection.execute(usage_samples.insert(), [
-            dict(zip(SAMPLE_COLUMNS, row), source_id="src", ingested_at=NOW) for row in rows
-        ])  # fmt: skip
+        insert_samples(connection, [dict(zip(SAMPLE_COLUMNS, row), source_id="src", ingested_at=NOW) for row in rows])
         # Some buckets already stored: some current, some stale (as after late data).
         keys = sorted(expected)
         prior = {}

@@ -235,7 +235,7 @@ def test_unique_entry_seq_stops_a_racing_charge_without_the_lock(pg, upstream, r
 
 
 def test_sample_primary_key_stops_a_racing_dedup_without_the_lock(pg, upstream, recent_hour, monkeypatch):
-    """Two dedup writers that both see "not stored yet": the primary key, not Python, stores each sample once."""
+    """Two dedup writers that both see "not stored yet": the unique keys, not Python, store each series and sample once."""
     url, engine, sources_file, workers = pg
     start = recent_hour
     script = history("cc-5", "node-cc-5", start, 2)
@@ -254,8 +254,10 @@ def test_sample_primary_key_stops_a_racing_dedup_without_the_lock(pg, upstream, 
         outcome: dict = {}
         deduping = threading.Thread(target=lambda: outcome.update(stats=dedup_slice(engine, source, work)))
         deduping.start()
-        wait_until(lambda: _waiting_on_lock(engine, "usage_samples"), "our insert to wait for the racer's rows", WAIT_S)
-        transaction.commit()  # the racer's rows land first; ours now violate the primary key
+        # Ours waits at its first insert the racer's uncommitted rows conflict with: the new series
+        # of the dictionary (usage_series) or, were they already stored, the samples (usage_sample_rows).
+        wait_until(lambda: _waiting_on_lock(engine, "INSERT INTO usage_s"), "our insert to wait for the racer's rows", WAIT_S)
+        transaction.commit()  # the racer's rows land first; ours now violate a unique key
         deduping.join(WAIT_S)
     racer.dispose()
     assert "stats" in outcome, "dedup_slice must retry after the unique violation, not fail"

@@ -13,7 +13,7 @@ from billing_assets.storage.sql import typed
 _TOTALS = typed(
     """
     SELECT
-      (SELECT COUNT(*) FROM usage_samples WHERE source_id = :s AND collected_at >= :start AND collected_at < :end),
+      (SELECT COUNT(*) FROM usage_sample_rows WHERE source_id = :s AND collected_at >= :start AND collected_at < :end),
       (SELECT COUNT(*) FROM usage_minute_buckets WHERE source_id = :s AND bucket_start >= :start AND bucket_start < :end),
       (SELECT COALESCE(SUM(uplink_bytes + downlink_bytes), 0) FROM usage_minute_buckets
          WHERE source_id = :s AND bucket_start >= :start AND bucket_start < :end),

@@ -1,4 +1,4 @@
-"""Dedup step: staged deliveries of a slice (with its overlap) into usage_samples."""
+"""Dedup step: staged deliveries of a slice (with its overlap) into the stored samples (`usage_samples`)."""
 
 from __future__ import annotations
 

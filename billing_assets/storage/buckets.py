@@ -25,29 +25,32 @@ from billing_assets.storage.sql import read_frame, typed
 from billing_assets.storage.times import time_column, time_param, time_select
 
 _SAMPLE_SELECT = "{node_id}, {env}, {uuid}, {inbound_tag}, {collected_at}, {email}, {uplink_bytes_total}, {downlink_bytes_total}"
+_SERIES_COLUMNS = ("node_id", "env", "uuid", "inbound_tag")
 
+# Stored rows (`s`, usage_sample_rows) with their series' contract columns (`d`,
+# usage_series): the pure function works on the contract columns.
 WINDOW_SAMPLES = """
     SELECT {columns}
-    FROM usage_samples s
+    FROM usage_sample_rows s
+    JOIN usage_series d ON d.series_id = s.series_id
     WHERE s.source_id = :source_id AND s.collected_at >= :start AND s.collected_at < :end
 """
 
 # One query for every series' last sample before the window: an index seek per
-# series on the primary key (source_id, node_id, env, uuid, inbound_tag, collected_at).
+# series on the primary key (series_id, collected_at).
 BASELINES = """
     SELECT {columns}
     FROM (
-        SELECT DISTINCT node_id, env, uuid, inbound_tag FROM usage_samples
+        SELECT DISTINCT series_id FROM usage_sample_rows
         WHERE source_id = :source_id AND collected_at >= :start AND collected_at < :end
     ) w
-    JOIN usage_samples s
-      ON s.source_id = :source_id AND s.node_id = w.node_id AND s.env = w.env
-     AND s.uuid = w.uuid AND s.inbound_tag = w.inbound_tag
+    JOIN usage_sample_rows s
+      ON s.series_id = w.series_id
      AND s.collected_at = (
-        SELECT MAX(p.collected_at) FROM usage_samples p
-        WHERE p.source_id = :source_id AND p.node_id = w.node_id AND p.env = w.env
-          AND p.uuid = w.uuid AND p.inbound_tag = w.inbound_tag AND p.collected_at < :start
+        SELECT MAX(p.collected_at) FROM usage_sample_rows p
+        WHERE p.series_id = w.series_id AND p.collected_at < :start
      )
+    JOIN usage_series d ON d.series_id = s.series_id
 """
 
 EXISTING_BUCKETS = """
@@ -65,7 +68,7 @@ _RANGE_PARAMS = {"start": "ts", "end": "ts"}
 def _statements(time_sql: str) -> dict:
     """Statements with each time column read in the dialect's bulk-parsable form."""
     columns = _SAMPLE_SELECT.format(
-        **{name: f"s.{name}" for name in SAMPLE_COLUMNS if name != "collected_at"},
+        **{name: f"{'d' if name in _SERIES_COLUMNS else 's'}.{name}" for name in SAMPLE_COLUMNS if name != "collected_at"},
         collected_at=time_sql.format(column="s.collected_at"),
     )
     return {
@@ -80,7 +83,7 @@ def statements(connection: Connection) -> dict:
 
 
 COUNT_SAMPLES = typed(
-    "SELECT COUNT(*) FROM usage_samples WHERE source_id = :source_id AND collected_at >= :start AND collected_at < :end",
+    "SELECT COUNT(*) FROM usage_sample_rows WHERE source_id = :source_id AND collected_at >= :start AND collected_at < :end",
     _RANGE_PARAMS,
 )
 

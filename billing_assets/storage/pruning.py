@@ -4,7 +4,8 @@ Nothing older than the horizon can be billed (runs of such windows are refused,
 dedup drops such deliveries), so rows older than `now - horizon - margin` are
 dead weight. Removing them must never change a bill:
 
-- `usage_samples` keeps, per series, its latest sample before the cutoff: the
+- `usage_sample_rows` (the stored samples behind the `usage_samples` view)
+  keeps, per series, its latest sample before the cutoff: the
   bucket step takes the last sample before a window as that window's baseline,
   and without it the next sample of a quiet series would count in full again;
 - the cutoff is floored to a day and sits `margin` (1 day) behind the horizon,
@@ -39,10 +40,13 @@ PRUNED_TABLES: dict[str, str] = {
     "exporter_snapshot_rows": "collected_at",
     "exporter_pages": "fetch_since",
     "legacy_snapshot_samples": "collected_at",
-    "usage_samples": "collected_at",
+    "usage_sample_rows": "collected_at",
 }
 UNLOGGED_TABLES = {"exporter_snapshot_rows"}  # staging, replaceable by a re-fetch (migration 0003)
-SERIES = ("source_id", "node_id", "env", "uuid", "inbound_tag")
+# A stored sample's series: one integer (the `usage_series` dictionary, migration 0011).
+# The dictionary itself is never pruned: it has one row per series, and every
+# series keeps its baseline sample.
+SERIES = ("series_id",)
 _PARTITION_NAME = re.compile(r"^(%s)_(p\d{8}|default)$" % "|".join(PRUNED_TABLES))
 _LOCK = "SELECT pg_advisory_xact_lock(hashtext('billing:partitions'))"
 
@@ -123,7 +127,7 @@ def _redundant_baseline(alias: str) -> str:
     """A sample before the cutoff with a later one of its series also before it: not a baseline."""
     same = " AND ".join(f"p.{name} = {alias}.{name}" for name in SERIES)
     return (
-        f"EXISTS (SELECT 1 FROM usage_samples p WHERE {same} "
+        f"EXISTS (SELECT 1 FROM usage_sample_rows p WHERE {same} "
         f"AND p.collected_at > {alias}.collected_at AND p.collected_at < :cutoff)"
     )
 
@@ -132,7 +136,7 @@ def _delete_in_batches(engine: Engine, table: str, target: str, column: str, rep
     postgres = engine.dialect.name == "postgresql"
     row_id = "ctid" if postgres else "rowid"
     condition = f"d.{column} < :cutoff"
-    if table == "usage_samples":
+    if table == "usage_sample_rows":
         condition += " AND " + _redundant_baseline("d")
     pick = f"SELECT d.{row_id} FROM {target} d WHERE {condition} LIMIT :batch"
     statement = text(
@@ -234,7 +238,7 @@ def ensure_partitions(engine_or_connection, first_day: datetime, last_day: datet
 def _drop_expired_partitions(engine: Engine, tables: list[str], report: PruneReport) -> None:
     """Drop day partitions that end at or before the cutoff, in one transaction per table.
 
-    `usage_samples` first hands each series' latest expiring sample back to the
+    `usage_sample_rows` first hands each series' latest expiring sample back to the
     table (detached partitions no longer cover their range, so the rows land in
     DEFAULT): those are the baselines the bucket step still needs. They are
     read from the expiring partitions before the detach, so the exclusive lock
@@ -247,7 +251,7 @@ def _drop_expired_partitions(engine: Engine, tables: list[str], report: PruneRep
             expired = [name for day, name in sorted(day_partitions(connection, table).items()) if day + DAY <= report.cutoff]
             if not expired:
                 continue
-            if table == "usage_samples":
+            if table == "usage_sample_rows":
                 series = ", ".join(SERIES)
                 union = " UNION ALL ".join(f"SELECT * FROM {name}" for name in expired)
                 connection.execute(
@@ -258,9 +262,9 @@ def _drop_expired_partitions(engine: Engine, tables: list[str], report: PruneRep
                 )
             for name in expired:
                 connection.execute(text(f"ALTER TABLE {table} DETACH PARTITION {name}"))
-            if table == "usage_samples":
+            if table == "usage_sample_rows":
                 report.baselines_kept += connection.execute(
-                    text("INSERT INTO usage_samples SELECT * FROM expiring_baselines ON CONFLICT DO NOTHING")
+                    text("INSERT INTO usage_sample_rows SELECT * FROM expiring_baselines ON CONFLICT DO NOTHING")
                 ).rowcount
             for name in expired:
                 connection.execute(text(f"DROP TABLE {name}"))

@@ -66,13 +66,42 @@ exporter_snapshot_rows = Table(
     Index("ix_exporter_snapshot_rows_source_time", "source_id", "collected_at"),
 )
 
-usage_samples = Table(
-    "usage_samples",
+# The series dictionary (issue 14, migration 0011): one integer per
+# (source_id, node_id, env, uuid, inbound_tag), one row per series, not per
+# sample. Samples are keyed by (series_id, collected_at) instead of six
+# varchar columns, so their primary key index, the dedup insert and the
+# bucket step's per-series sort work on 16 bytes a row instead of ~100.
+# Rows are never deleted or renumbered (pruning keeps a baseline sample of
+# every series), so an id means the same series for as long as it is stored.
+usage_series = Table(
+    "usage_series",
     metadata,
-    *sample_identity(key=True),
+    Column("series_id", Integer, primary_key=True, autoincrement=True),
+    Column("source_id", ID, nullable=False),
+    *series(),
+    UniqueConstraint("source_id", "node_id", "env", "uuid", "inbound_tag", name="uq_usage_series_identity"),
+)
+
+# The deduplicated samples as stored: the first delivery of each sample
+# identity, which is exactly one row per (series_id, collected_at).
+# `source_id` is kept (denormalised from the series) because every step reads
+# one source's time range: the (source_id, collected_at) index makes that one
+# range scan in heap order, which the planner picks by itself; without it the
+# same read is one primary-key descent per series, as fast only when the
+# planner is forced away from scanning every source's rows of those days
+# (bench/RESULTS.md, round 7). No foreign key to usage_series: dedup, the one
+# writer, takes the ids from the dictionary in the same transaction, and a
+# foreign key would add a trigger and an index probe per inserted sample.
+# Other services read the contract columns through the `usage_samples` view.
+usage_sample_rows = Table(
+    "usage_sample_rows",
+    metadata,
+    Column("series_id", Integer, primary_key=True, autoincrement=False),
+    Column("collected_at", UTCDateTime, primary_key=True),
+    Column("source_id", ID, nullable=False),
     *totals(),
     Column("ingested_at", UTCDateTime, nullable=False),
-    Index("ix_usage_samples_source_time", "source_id", "collected_at"),
+    Index("ix_usage_sample_rows_source_time", "source_id", "collected_at"),
 )
 
 # Dual-read only: what /v1/snapshots/latest returned, kept to compare with the
@@ -177,6 +206,29 @@ source_checkpoints = Table(
     Column("last_succeeded_at", UTCDateTime),
     Column("last_error", Text),
     Column("consecutive_failures", Integer, nullable=False, default=0),
+)
+
+# The read contract `usage_samples` (DESIGN.md): a view over the stored rows
+# and the series dictionary, with the same columns, in the same order, as the
+# table it replaced (migration 0011). Described in its own MetaData so that
+# queries can use it like a table while the model-vs-migration comparison,
+# which reflects tables only, does not expect a table of that name. It is
+# not writable: dedup (storage/samples.py) is the one writer of samples.
+views = MetaData()
+
+USAGE_SAMPLES_VIEW_SQL = """
+    SELECT s.source_id, s.node_id, s.env, s.uuid, s.inbound_tag, r.collected_at, r.email,
+           r.uplink_bytes_total, r.downlink_bytes_total, r.ingested_at
+    FROM usage_sample_rows r
+    JOIN usage_series s ON s.series_id = r.series_id
+"""
+
+usage_samples = Table(
+    "usage_samples",
+    views,
+    *sample_identity(key=True),
+    *totals(),
+    Column("ingested_at", UTCDateTime, nullable=False),
 )
 
 

@@ -41,3 +41,33 @@ def ledger_sums(engine, source_id: str | None = None) -> dict[tuple, tuple[int, 
         total[0] += row["uplink_bytes"]
         total[1] += row["downlink_bytes"]
     return {key: (v[0], v[1]) for key, v in sums.items()}
+
+
+def insert_samples(connection, rows: list[dict]) -> None:
+    """Store samples given by their contract columns (as `usage_samples` reads them), as dedup stores them.
+
+    `usage_samples` is a view (migration 0011); a sample is stored as a row of
+    `usage_sample_rows` keyed by its series' id in `usage_series`.
+    """
+    from sqlalchemy import tuple_
+
+    from billing_assets.storage.schema import usage_sample_rows, usage_series
+
+    if not rows:
+        return
+    names = ("source_id", "node_id", "env", "uuid", "inbound_tag")
+    wanted = {tuple(row[name] for name in names) for row in rows}
+    columns = [usage_series.c[name] for name in names]
+
+    def known() -> dict[tuple, int]:
+        found = connection.execute(select(usage_series.c.series_id, *columns).where(tuple_(*columns).in_(list(wanted))))
+        return {tuple(found_row[1:]): found_row[0] for found_row in found}
+
+    missing = wanted - set(known())
+    if missing:
+        connection.execute(usage_series.insert(), [dict(zip(names, key)) for key in sorted(missing)])
+    ids = known()
+    stored = [c.name for c in usage_sample_rows.columns if c.name not in ("series_id",)]
+    connection.execute(usage_sample_rows.insert(), [
+        dict({name: row[name] for name in stored}, series_id=ids[tuple(row[name] for name in names)]) for row in rows
+    ])  # fmt: skip
