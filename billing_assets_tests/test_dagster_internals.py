@@ -79,10 +79,14 @@ def test_asset_backfills_are_built_as_dagster_builds_them_from_one_membership_qu
 def test_reconstruction_is_told_apart_from_a_first_load():
     from dagster._core.definitions.definitions_load_context import DefinitionsLoadContext, DefinitionsLoadType
 
-    assert not internals.loading_in_run_worker()
+    # The context is process-wide and outlives an in-process run that set it: start from none.
     previous = DefinitionsLoadContext._instance
-    DefinitionsLoadContext.set(DefinitionsLoadContext(load_type=DefinitionsLoadType.RECONSTRUCTION, repository_load_data=None))
     try:
+        DefinitionsLoadContext._instance = None
+        assert not internals.loading_in_run_worker()
+        DefinitionsLoadContext.set(DefinitionsLoadContext(load_type=DefinitionsLoadType.INITIALIZATION, repository_load_data=None))
+        assert not internals.loading_in_run_worker()
+        DefinitionsLoadContext.set(DefinitionsLoadContext(load_type=DefinitionsLoadType.RECONSTRUCTION, repository_load_data=None))
         assert internals.loading_in_run_worker()
     finally:
         DefinitionsLoadContext._instance = previous
