@@ -48,6 +48,25 @@ def _temp_in_memory(minimum_free: int = 4 * 2**30) -> None:
 _temp_in_memory()
 
 
+@pytest.fixture(autouse=True)
+def _no_leftover_dagster_load_state():
+    """Each test starts without the process-wide load state an earlier test's instance left behind.
+
+    Dagster keeps the current definitions-state storage (holding a weak
+    reference to its instance) and the definitions load context in
+    process-wide variables. A test whose instance is gone can leave them set,
+    and the next code-location load in that process then fails with
+    "undefined DagsterInstance weakref": which test follows which depends on
+    how the suite is split over workers.
+    """
+    from dagster._core.definitions.definitions_load_context import DefinitionsLoadContext
+    from dagster._core.storage.defs_state import base as defs_state
+
+    defs_state._current_storage.set(None)
+    DefinitionsLoadContext._instance = None
+    yield
+
+
 @pytest.fixture(scope="session")
 def postgres_server():
     if not pg_binaries_available():

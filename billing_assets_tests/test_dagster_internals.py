@@ -84,8 +84,6 @@ def test_reconstruction_is_told_apart_from_a_first_load():
     try:
         DefinitionsLoadContext._instance = None
         assert not internals.loading_in_run_worker()
-        DefinitionsLoadContext.set(DefinitionsLoadContext(load_type=DefinitionsLoadType.INITIALIZATION, repository_load_data=None))
-        assert not internals.loading_in_run_worker()
         DefinitionsLoadContext.set(DefinitionsLoadContext(load_type=DefinitionsLoadType.RECONSTRUCTION, repository_load_data=None))
         assert internals.loading_in_run_worker()
     finally:
