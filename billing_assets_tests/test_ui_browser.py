@@ -303,8 +303,8 @@ def test_ui_replay_of_one_source_range_runs_once_queued_behind_its_source(ui_pro
         dialog.get_by_text(f"{RANGE_MINUTES} partitions", exact=False).first.wait_for()
         browser.screenshot("replay-dialog")
         dialog.get_by_role("button", name=re.compile(r"^Launch")).click()
-        backfill_id = _wait_for("the UI's backfill", lambda: next(iter(_backfill_ids(server) - backfills_before), None), 30)
-        replay = _wait_for("the replay's run", lambda: _runs_with_tag(server, "dagster/backfill", backfill_id), 60)[0]
+        backfill_id = _wait_for("the UI's backfill", lambda: next(iter(_backfill_ids(server) - backfills_before), None), 120)
+        replay = _wait_for("the replay's run", lambda: _runs_with_tag(server, "dagster/backfill", backfill_id), 120)[0]
         in_flight_then = next(run for run in server.graphql(RUNS_QUERY)["runsOrError"]["results"] if run["runId"] == in_flight["runId"])
         open_page(browser, ui_project.page_url("/runs?tab=queued"))
         browser.screenshot("replay-queued")
