@@ -75,6 +75,9 @@ def run_each_slice(
         raise dg.Failure(description=str(error), allow_retries=False) from None
 
 
+_TAGGED_RUNS: set[str] = set()
+
+
 def _tag_source(context: dg.AssetExecutionContext, slices: list[Slice]) -> None:
     """Give a run of one source its `billing/source` tag if whoever launched it did not.
 
@@ -85,8 +88,11 @@ def _tag_source(context: dg.AssetExecutionContext, slices: list[Slice]) -> None:
     source alone until they end.
     """
     sources = {work.source_id for work in slices}
-    if len(sources) == 1 and SOURCE_TAG not in context.run.tags:
-        context.instance.add_run_tags(context.run.run_id, {SOURCE_TAG: sources.pop()})
+    run_id = context.run.run_id
+    # `context.run` is the run as it was when it started: remember the tag added by this run's first step.
+    if len(sources) == 1 and SOURCE_TAG not in context.run.tags and run_id not in _TAGGED_RUNS:
+        context.instance.add_run_tags(run_id, {SOURCE_TAG: sources.pop()})
+        _TAGGED_RUNS.add(run_id)
 
 
 def _span(work: Slice) -> str:
