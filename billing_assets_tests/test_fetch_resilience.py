@@ -7,17 +7,17 @@ whole slice with a message naming the source and leaves nothing staged.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from billing_assets.exporter import Faults
+from billing_assets.pipeline.dedup import read_deliveries
 from billing_assets.pipeline.fetch import fetch_slice
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.model import load_registry
 from billing_assets.storage.checkpoints import read_checkpoint
-from billing_assets.storage.schema import exporter_snapshot_rows
 from billing_assets.transport.client import RetryPolicy
 from billing_assets.transport.errors import SourceFetchError
 
@@ -30,10 +30,9 @@ def _checkpoint(engine, source_id):
 
 
 def _staged(engine, source_id):
+    """How many deliveries dedup would read for the source (the kept pages of the newest fetch)."""
     with engine.connect() as connection:
-        return connection.execute(
-            select(func.count()).select_from(exporter_snapshot_rows).where(exporter_snapshot_rows.c.source_id == source_id)
-        ).scalar_one()
+        return len(read_deliveries(connection, source_id, datetime(2000, 1, 1, tzinfo=timezone.utc), datetime(2100, 1, 1, tzinfo=timezone.utc)))
 
 
 @pytest.fixture
@@ -88,3 +87,30 @@ def test_a_bad_page_anywhere_writes_nothing(one_source, faults, message):
         fetch_slice(env.engine, source, work, retry=FAST_RETRY)
     assert _staged(env.engine, "s1") == 0
     assert _checkpoint(env.engine, "s1")["last_successful_until"] is None
+
+
+def test_each_page_is_kept_as_received_with_its_sha256_and_request(one_source):
+    """What was received stays provable: the body, its sha256, the cursor sent, the window asked for."""
+    import hashlib
+    import json
+
+    from billing_assets.storage.page_bodies import received
+    from billing_assets.storage.schema import exporter_pages as pages
+
+    env, _exporter, source, work = one_source
+    stats = fetch_slice(env.engine, source, work, retry=FAST_RETRY)
+    with env.engine.connect() as connection:
+        rows = connection.execute(select(pages).where(pages.c.source_id == "s1").order_by(pages.c.page_no)).mappings().all()
+    assert len(rows) == stats.pages > 3 and len({row["fetch_id"] for row in rows}) == 1
+    sent_cursor = None
+    for row in rows:
+        body = received(bytes(row["body"]), row["body_encoding"])
+        assert hashlib.sha256(body).hexdigest() == row["body_sha256"] and len(body) == row["body_bytes"]
+        page = json.loads(body)
+        assert row["request_cursor"] == sent_cursor, "the cursor sent for a page is the previous page's next_cursor"
+        assert (row["fetch_since"], row["fetch_until"]) == (work.start - source.overlap, work.end)
+        assert page["source_id"] == "s1" and sum(len(item["samples"]) for item in page["items"]) == row["sample_count"]
+        sent_cursor = page["next_cursor"]
+    assert sent_cursor is None
+    with pytest.raises(ValueError, match="sha256"):
+        received(bytes(rows[0]["body"]), rows[0]["body_encoding"], "0" * 64)

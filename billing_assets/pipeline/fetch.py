@@ -1,11 +1,11 @@
-"""Fetch step: every page of a slice (plus overlap) staged in one transaction.
+"""Fetch step: every page of a slice (plus overlap) kept as received, in one transaction.
 
 Pages stream: each is validated, spooled and dropped before the next is
 requested, so memory is bounded by page size, not range.
 
 The overlap before the slice re-reads the tail of the previous window, which
 is how late deliveries there get picked up; dedup makes the re-read free.
-One transaction per slice means a failure on page 7 leaves nothing staged and
+One transaction per slice means a failure on page 7 leaves nothing kept and
 the checkpoint untouched; the failure itself is recorded separately. Pages are
 spooled to a local file while downloading, so that transaction never waits
 on the network.
@@ -14,8 +14,9 @@ on the network.
 from __future__ import annotations
 
 import tempfile
+import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -25,10 +26,8 @@ from billing_assets.core.timeutil import floor_minute, now_utc
 from billing_assets.pipeline.progress import Progress
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.model import Source
-from billing_assets.storage import checkpoints, snapshots
-from billing_assets.storage.times import time_param
+from billing_assets.storage import checkpoints, page_bodies, snapshots
 from billing_assets.transport.client import ExporterClient, RetryPolicy
-from billing_assets.transport.envelope import WindowPage
 from billing_assets.transport.errors import SourceFetchError
 
 
@@ -45,34 +44,6 @@ class FetchStats:
     samples_by_minute: Counter = field(default_factory=Counter)
 
 
-def page_rows(
-    source_id: str, page: WindowPage, first_seq: int, fetched_at: object, stamp: Callable[[datetime], object]
-) -> Iterator[tuple]:
-    """Staging tuples (`snapshots.STAGED_COLUMNS` order) of one validated page.
-
-    `stamp` turns a datetime into the driver's form once per snapshot, not per sample.
-    """
-    seq = first_seq
-    node_id, env = page.node_id, page.env
-    for item in page.items:
-        collected_at = stamp(item.collected_at)
-        for sample in item.samples:
-            yield (
-                source_id,
-                node_id,
-                env,
-                sample["uuid"],
-                sample["inbound_tag"],
-                collected_at,
-                sample["email"],
-                sample["uplink_bytes_total"],
-                sample["downlink_bytes_total"],
-                seq,
-                fetched_at,
-            )
-            seq += 1
-
-
 @dataclass(frozen=True)
 class _SpooledPage:
     """What `record_page` needs of a page; its body waits in the spool file."""
@@ -83,23 +54,25 @@ class _SpooledPage:
     body_bytes: int
     emitted_at: datetime
     received_at: datetime
-    cursor: str | None
+    cursor: str | None  # the cursor sent for this page (None for the first)
+    body_sha256: str
+    body_encoding: str
 
 
 def _download(
     client: ExporterClient, since: datetime, until: datetime, spool, clock, by_minute: Counter, progress: Progress | None
 ) -> list[_SpooledPage]:
-    """Every page of the window into `spool` as received (length-prefixed bodies); no database.
+    """Every page of the window into `spool` as kept (compressed, length-prefixed); no database.
 
-    Bodies, not parsed rows: re-validating a body later costs a fraction of
-    what unpickling millions of row objects would, and what is staged is then
-    exactly what was received and checked.
+    Bodies, not parsed rows: what is stored is then exactly what was received
+    and checked, and dedup parses it again with the same rules.
     """
     pages: list[_SpooledPage] = []
     for fetched in client.iter_window(since, until):
         page = fetched.page
-        spool.write(len(fetched.body).to_bytes(8, "little"))
-        spool.write(fetched.body)
+        kept = page_bodies.keep(fetched.body)
+        spool.write(len(kept.data).to_bytes(8, "little"))
+        spool.write(kept.data)
         samples = 0
         for item in page.items:
             samples += len(item.samples)
@@ -107,17 +80,13 @@ def _download(
         if progress and page.items:
             progress.advance(floor_minute(page.items[-1].collected_at), samples)
         pages.append(
-            _SpooledPage(fetched.page_no, len(page.items), samples, fetched.body_bytes, page.emitted_at, clock(), fetched.cursor)
+            _SpooledPage(
+                fetched.page_no, len(page.items), samples, fetched.body_bytes, page.emitted_at, clock(), fetched.cursor,
+                kept.sha256, kept.encoding,
+            )
         )
-        del fetched, page  # one page in memory at a time, not two
+        del fetched, page, kept  # one page in memory at a time, not two
     return pages
-
-
-def _spooled_rows(spool, source_id: str, first_seq: int, fetched_at: object, stamp) -> Iterator[tuple]:
-    """The staging rows of the next spooled body (validated again: the same bytes, the same rules)."""
-    size = int.from_bytes(spool.read(8), "little")
-    page = WindowPage.model_validate_json(spool.read(size))
-    return page_rows(source_id, page, first_seq, fetched_at, stamp)
 
 
 def fetch_slice(
@@ -129,7 +98,7 @@ def fetch_slice(
     clock: Callable[[], datetime] = now_utc,
     progress: Progress | None = None,
 ) -> FetchStats:
-    """Download the slice's pages, then stage them and move the checkpoint in one transaction.
+    """Download the slice's pages, then keep them and move the checkpoint in one transaction.
 
     The download writes only to a local spool file: holding a database write
     transaction while an exporter drips bytes would, on SQLite, lock every
@@ -146,17 +115,14 @@ def fetch_slice(
         stats.note = "legacy_latest: window API not called; dedup reads staged /latest pulls"
         return stats
     now = clock()
-    stamp = time_param(engine)
+    fetch_id = uuid.uuid4().hex
     try:
         with ExporterClient(source, retry) as client, tempfile.TemporaryFile(prefix="billing-fetch-") as spool:
             pages = _download(client, since, until, spool, clock, stats.samples_by_minute, progress)
             spool.seek(0)
-            fetched_at = stamp(now)
             with engine.begin() as connection:
-                snapshots.clear_staged(connection, source.source_id, since, until)
                 for spooled in pages:
-                    rows = _spooled_rows(spool, source.source_id, stats.samples, fetched_at, stamp)
-                    written = snapshots.stage_rows(connection, rows)
+                    body = spool.read(int.from_bytes(spool.read(8), "little"))
                     snapshots.record_page(
                         connection,
                         source_id=source.source_id,
@@ -164,15 +130,20 @@ def fetch_slice(
                         fetch_until=until,
                         page_no=spooled.page_no,
                         item_count=spooled.item_count,
-                        sample_count=written,
+                        sample_count=spooled.sample_count,
                         body_bytes=spooled.body_bytes,
                         emitted_at=spooled.emitted_at,
                         received_at=spooled.received_at,
                         run_id=run_id,
+                        fetch_id=fetch_id,
+                        request_cursor=spooled.cursor,
+                        body_sha256=spooled.body_sha256,
+                        body_encoding=spooled.body_encoding,
+                        body=body,
                     )
                     stats.pages += 1
                     stats.items += spooled.item_count
-                    stats.samples += written
+                    stats.samples += spooled.sample_count
                     stats.body_bytes += spooled.body_bytes
                 last_cursor = pages[-1].cursor if pages else None
                 checkpoints.record_success(connection, source.source_id, since, until, last_cursor, clock())

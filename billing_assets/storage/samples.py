@@ -1,126 +1,52 @@
-"""Dedup: staged deliveries become stored samples, each identity at most once.
+"""Dedup's writes: new stored samples, new series, and quarantined conflicts.
 
-Set-based SQL so the database, not Python, decides uniqueness. A sample's
-identity (DESIGN.md) is `(source_id, node_id, env, uuid, inbound_tag,
-collected_at)`; it is stored as `(series_id, collected_at)` in
+A sample's identity (DESIGN.md) is `(source_id, node_id, env, uuid,
+inbound_tag, collected_at)`; it is stored as `(series_id, collected_at)` in
 `usage_sample_rows`, the series id coming from the `usage_series` dictionary
-(issue 14). Per fetch, the series not yet in the dictionary are added first
-(a few rows, one per new series), then every staged delivery is joined to its
-id, so the window sort and the primary key work on an integer and a time
-instead of six varchar columns. Other services read the contract columns
-through the `usage_samples` view; nothing here writes through it.
+(issue 14). Other services read the contract columns through the
+`usage_samples` view; nothing here writes through it.
 
-New identities are found with an anti-join against what is stored and
-inserted plainly: `ON CONFLICT DO NOTHING` checked every row twice
-(speculative insertion) and cost a third of the step. Writers of one source
-are serialised (`source_lock`; SQLite writers are serial anyway), which also
-makes the dictionary's anti-join safe: a source's series are only ever
-created by that source's writers. The unique constraints (the dictionary's
-five columns, the samples' primary key) still refuse a duplicate if two
-writers ever race: the transaction then fails whole and the caller retries,
-so neither a series nor a sample is ever stored twice. The first delivery of
-an identity wins; a later delivery with other totals is recorded in
-`sample_conflicts` (with the contract columns and both values) and never billed.
+Which deliveries are new and which conflict is decided in Python
+(`core.dedup.judge`) from one fetch's deliveries and the samples stored for
+their range, read after taking the source's lock: writers of one source are
+serialised (`source_lock`; SQLite writers are serial anyway), so what was
+read is what is stored when the new rows land. The new rows then go in by
+COPY, with no anti-join or window sort in the database. The unique
+constraints (the dictionary's five columns, the samples' primary key) still
+refuse a duplicate if two writers ever race: the transaction then fails
+whole and the caller retries, so neither a series nor a sample is ever stored
+twice. The first delivery of an identity wins; a later delivery with other
+totals is recorded in `sample_conflicts` (with the contract columns and both
+values) and never billed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from itertools import repeat
 
+import numpy as np
 from sqlalchemy import Connection
 
-from billing_assets.storage.sql import prefer_hash_joins, typed
-
+from billing_assets.core.dedup import Delivered, Samples, judge
+from billing_assets.storage.bulk import bulk_insert
+from billing_assets.storage.dialect import is_postgres
+from billing_assets.storage.sql import typed
+from billing_assets.storage.times import micros_column, micros_params, time_param, time_select, to_micros
 from billing_assets.storage.transactions import source_lock
 
 CONFLICT_REASON = "conflicting duplicate: same sample identity delivered with different totals; first delivery kept"
 
-_RANGE = "r.source_id = :source_id AND r.collected_at >= :since AND r.collected_at < :until"
-# A staged row's series in the dictionary (`d`), by the four columns under the source.
-_SAME_SERIES = "d.source_id = :source_id AND d.node_id = r.node_id AND d.env = r.env AND d.uuid = r.uuid AND d.inbound_tag = r.inbound_tag"
-# Stored rows of the same source and range (`u`): one range scan of the (source_id, collected_at) index.
-_STORED_RANGE = "u.source_id = :source_id AND u.collected_at >= :since AND u.collected_at < :until"
+SERIES_COLUMNS = ("source_id", "node_id", "env", "uuid", "inbound_tag")
+SAMPLE_COLUMNS = ("series_id", "collected_at", "source_id", "email", "uplink_bytes_total", "downlink_bytes_total", "ingested_at")
+CONFLICT_COLUMNS = (
+    "source_id", "node_id", "env", "uuid", "inbound_tag", "collected_at", "window_start",
+    "kept_uplink_bytes_total", "kept_downlink_bytes_total",
+    "rejected_uplink_bytes_total", "rejected_downlink_bytes_total", "reason", "detected_at",
+)  # fmt: skip
 
-# Series first seen in this fetch. Only deliveries inside the horizon can be
-# stored, so only their series are added.
-INSERT_NEW_SERIES = typed(
-    f"""
-    INSERT INTO usage_series (source_id, node_id, env, uuid, inbound_tag)
-    SELECT DISTINCT r.source_id, r.node_id, r.env, r.uuid, r.inbound_tag
-    FROM exporter_snapshot_rows r
-    WHERE {_RANGE} AND r.collected_at >= :horizon
-      AND NOT EXISTS (SELECT 1 FROM usage_series d WHERE {_SAME_SERIES})
-    """,
-    {"since": "ts", "until": "ts", "horizon": "ts"},
-)
-
-INSERT_FIRST_DELIVERIES = typed(
-    f"""
-    INSERT INTO usage_sample_rows (series_id, collected_at, source_id, email,
-                                   uplink_bytes_total, downlink_bytes_total, ingested_at)
-    SELECT series_id, collected_at, :source_id, email, uplink_bytes_total, downlink_bytes_total, :now
-    FROM (
-        SELECT d.series_id, r.collected_at, r.email, r.uplink_bytes_total, r.downlink_bytes_total,
-               ROW_NUMBER() OVER (PARTITION BY d.series_id, r.collected_at ORDER BY r.delivery_seq) AS delivery_rank
-        FROM exporter_snapshot_rows r
-        JOIN usage_series d ON {_SAME_SERIES}
-        WHERE {_RANGE} AND r.collected_at >= :horizon
-    ) ranked
-    WHERE delivery_rank = 1
-      AND NOT EXISTS (
-        SELECT 1 FROM usage_sample_rows u
-        WHERE {_STORED_RANGE} AND u.series_id = ranked.series_id AND u.collected_at = ranked.collected_at
-      )
-    """,
-    {"since": "ts", "until": "ts", "now": "ts", "horizon": "ts"},
-)
-
-_QUARANTINE = f"""
-    INSERT INTO sample_conflicts (source_id, node_id, env, uuid, inbound_tag, collected_at, window_start,
-        kept_uplink_bytes_total, kept_downlink_bytes_total,
-        rejected_uplink_bytes_total, rejected_downlink_bytes_total, reason, detected_at)
-    SELECT DISTINCT r.source_id, r.node_id, r.env, r.uuid, r.inbound_tag, r.collected_at, :window_start,
-        u.uplink_bytes_total, u.downlink_bytes_total, r.uplink_bytes_total, r.downlink_bytes_total,
-        :reason, :now
-    FROM exporter_snapshot_rows r
-    JOIN usage_series d ON {_SAME_SERIES}
-    JOIN usage_sample_rows u ON u.series_id = d.series_id AND u.collected_at = r.collected_at
-    WHERE {_RANGE}
-      AND {_STORED_RANGE}
-      AND (u.uplink_bytes_total <> r.uplink_bytes_total OR u.downlink_bytes_total <> r.downlink_bytes_total)
-      {{only}}
-    ON CONFLICT DO NOTHING
-"""
-_QUARANTINE_PARAMS = {"since": "ts", "until": "ts", "now": "ts", "window_start": "ts"}
-
-# Run before the insert: deliveries that differ from what was already stored.
-# On a window's first pass nothing is stored, so this costs almost nothing.
-QUARANTINE_AGAINST_STORED = typed(_QUARANTINE.format(only=""), _QUARANTINE_PARAMS)
-
-# Run after the insert: among identities delivered more than once in this
-# fetch (rare), the later deliveries that differ from the first one, which
-# the insert has just stored. Together the two are "every staged delivery
-# that differs from the stored sample", without joining every staged row to
-# every stored row after the insert.
-QUARANTINE_REDELIVERED = typed(
-    _QUARANTINE.format(
-        only="""AND (r.node_id, r.env, r.uuid, r.inbound_tag, r.collected_at) IN (
-            SELECT e.node_id, e.env, e.uuid, e.inbound_tag, e.collected_at FROM exporter_snapshot_rows e
-            WHERE e.source_id = :source_id AND e.collected_at >= :since AND e.collected_at < :until
-            GROUP BY e.node_id, e.env, e.uuid, e.inbound_tag, e.collected_at HAVING COUNT(*) > 1
-        )"""
-    ),
-    _QUARANTINE_PARAMS,
-)
-
-COUNT_STAGED = typed(
-    f"""
-    SELECT COUNT(*), SUM(CASE WHEN r.collected_at < :horizon THEN 1 ELSE 0 END)
-    FROM exporter_snapshot_rows r WHERE {_RANGE}
-    """,
-    {"since": "ts", "until": "ts", "horizon": "ts"},
-)
+_SERIES_OF_SOURCE = typed("SELECT node_id, env, uuid, inbound_tag, series_id FROM usage_series WHERE source_id = :source_id")
 
 
 @dataclass(frozen=True)
@@ -135,27 +61,116 @@ class DedupStats:
         return self.staged - self.inserted - self.beyond_horizon
 
 
-def dedup_staged(
-    connection: Connection, source_id: str, since: datetime, until: datetime, now: datetime, horizon: datetime
-) -> DedupStats:
-    """Move first deliveries of [since, until) into the stored samples; quarantine conflicts."""
-    base = {"source_id": source_id, "since": since, "until": until}
+def lock_samples(connection: Connection, source_id: str) -> None:
     source_lock(connection, "samples", source_id)
-    prefer_hash_joins(connection)  # the anti-join and the conflict joins; see sql.prefer_hash_joins
-    quarantine = dict(base, now=now, window_start=since, reason=CONFLICT_REASON)
-    staged, beyond = connection.execute(COUNT_STAGED, dict(base, horizon=horizon)).one()
-    conflicts = connection.execute(QUARANTINE_AGAINST_STORED, quarantine).rowcount or 0
-    connection.execute(INSERT_NEW_SERIES, dict(base, horizon=horizon))
-    inserted = connection.execute(INSERT_FIRST_DELIVERIES, dict(base, now=now, horizon=horizon)).rowcount
-    # Every staged delivery inside the horizon became a new sample: then no identity was
-    # delivered twice in this fetch (a second delivery is never inserted), and there is
-    # nothing for QUARANTINE_REDELIVERED to find. That is every window's first pass; the
-    # check's grouping of all staged rows cost ~0.4-0.6 s per source-hour for nothing.
-    # (Deliveries beyond the horizon are never inserted; one that differs from a stored
-    # sample was quarantined against the stored samples above.)
-    if (inserted or 0) != int(staged or 0) - int(beyond or 0):
-        conflicts += connection.execute(QUARANTINE_REDELIVERED, quarantine).rowcount or 0
-    return DedupStats(int(staged or 0), int(inserted or 0), int(conflicts), int(beyond or 0))
+
+
+def store_deliveries(
+    connection: Connection, source_id: str, since: datetime, until: datetime, now: datetime, horizon: datetime, delivered: Delivered
+) -> DedupStats:
+    """Store the first deliveries of [since, until) not stored yet; quarantine conflicts.
+
+    The caller holds `lock_samples` for the source, taken before it read what it delivers here.
+    """
+    horizon_us = to_micros(horizon)
+    series = _series_ids(connection, source_id, delivered, horizon_us)
+    deliveries = Samples(series, delivered.at, delivered.uplink, delivered.downlink)
+    verdict = judge(deliveries, _stored(connection, source_id, since, until), horizon_us)
+    inserted = _insert_samples(connection, source_id, delivered, series, verdict.new, now)
+    conflicts = _quarantine(connection, source_id, since, now, delivered, verdict)
+    return DedupStats(len(delivered), inserted, conflicts, verdict.beyond_horizon)
+
+
+def _series_ids(connection: Connection, source_id: str, delivered: Delivered, horizon_us: int) -> np.ndarray:
+    """Each delivery's series id; series first delivered inside the horizon are added.
+
+    A series delivered only before the horizon gets a negative stand-in (never
+    stored, never equal to a stored sample's id): its deliveries can be neither
+    stored nor in conflict with a stored sample.
+    """
+    known = {tuple(row[:4]): row[4] for row in connection.execute(_SERIES_OF_SOURCE, {"source_id": source_id})}
+    inside = np.zeros(len(delivered.series_keys), dtype=bool)
+    inside[delivered.key_index[delivered.at >= horizon_us]] = True
+    missing = [key for key, wanted in zip(delivered.series_keys, inside.tolist()) if wanted and key not in known]
+    if missing:
+        bulk_insert(connection, "usage_series", SERIES_COLUMNS, ((source_id, *key) for key in missing))
+        known = {tuple(row[:4]): row[4] for row in connection.execute(_SERIES_OF_SOURCE, {"source_id": source_id})}
+    ids = np.array([known.get(key, -1 - position) for position, key in enumerate(delivered.series_keys)], dtype=np.int64)
+    return ids[delivered.key_index] if len(ids) else np.empty(0, dtype=np.int64)
+
+
+def _stored(connection: Connection, source_id: str, since: datetime, until: datetime) -> Samples:
+    """The samples stored for the source's [since, until): one range scan of (source_id, collected_at)."""
+    statement = typed(
+        f"""
+        SELECT series_id, {time_select(connection, 'collected_at')}, uplink_bytes_total, downlink_bytes_total
+        FROM usage_sample_rows WHERE source_id = :source_id AND collected_at >= :since AND collected_at < :until
+        """,
+        {"since": "ts", "until": "ts"},
+    )
+    result = connection.execute(statement, {"source_id": source_id, "since": since, "until": until})
+    rows = result.cursor.fetchall() if result.cursor is not None else []
+    result.close()
+    if not rows:
+        return Samples.empty()
+    series, at, uplink, downlink = zip(*rows)
+    return Samples.of(series, micros_column(connection, list(at)), uplink, downlink)
+
+
+def _insert_samples(connection: Connection, source_id: str, delivered: Delivered, series: np.ndarray, new: np.ndarray, now: datetime) -> int:
+    if not len(new):
+        return 0
+    emails = delivered.email
+    rows = zip(
+        series[new].tolist(),
+        micros_params(connection, delivered.at[new]),
+        repeat(source_id),
+        [emails[position] for position in new.tolist()],
+        delivered.uplink[new].tolist(),
+        delivered.downlink[new].tolist(),
+        repeat(time_param(connection)(now)),
+    )
+    return bulk_insert(connection, "usage_sample_rows", SAMPLE_COLUMNS, rows)
+
+
+def _quarantine(connection: Connection, source_id: str, since: datetime, now: datetime, delivered: Delivered, verdict) -> int:
+    """Record each conflicting delivery once (a replay finds it recorded and adds nothing)."""
+    if not len(verdict.conflicts):
+        return 0
+    stamp = time_param(connection)
+    window_start, detected_at = stamp(since), stamp(now)
+    keys = delivered.series_keys
+    positions = verdict.conflicts
+    rows = [
+        (source_id, *keys[key], at, window_start, kept_up, kept_down, up, down, CONFLICT_REASON, detected_at)
+        for key, at, kept_up, kept_down, up, down in zip(
+            delivered.key_index[positions].tolist(),
+            micros_params(connection, delivered.at[positions]),
+            verdict.kept_uplink.tolist(),
+            verdict.kept_downlink.tolist(),
+            delivered.uplink[positions].tolist(),
+            delivered.downlink[positions].tolist(),
+        )
+    ]
+    return _insert_new_only(connection, "sample_conflicts", CONFLICT_COLUMNS, rows)
+
+
+def _insert_new_only(connection: Connection, table: str, columns, rows: list[tuple]) -> int:
+    """Insert the rows no unique constraint already holds; how many were new."""
+    names = ", ".join(columns)
+    if not is_postgres(connection):
+        cursor = connection.connection.driver_connection.cursor()
+        try:
+            cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING", rows)
+            return max(cursor.rowcount, 0)
+        finally:
+            cursor.close()
+    staging = f"_new_{table}"
+    connection.exec_driver_sql(f"CREATE TEMPORARY TABLE {staging} ON COMMIT DROP AS SELECT {names} FROM {table} WITH NO DATA")
+    bulk_insert(connection, staging, columns, rows)
+    added = connection.exec_driver_sql(f"INSERT INTO {table} ({names}) SELECT DISTINCT {names} FROM {staging} ON CONFLICT DO NOTHING").rowcount
+    connection.exec_driver_sql(f"DROP TABLE {staging}")
+    return int(added or 0)
 
 
 def quarantined(connection: Connection, source_id: str, since: datetime, until: datetime, limit: int = 3) -> tuple[int, list[dict]]:

@@ -7,7 +7,7 @@ two runs race; Python checks are only the fast path.
 
 from __future__ import annotations
 
-from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, MetaData, String, Table, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Column, Index, Integer, LargeBinary, MetaData, String, Table, Text, UniqueConstraint
 
 from billing_assets.storage.types import Money, UTCDateTime
 
@@ -53,7 +53,17 @@ exporter_pages = Table(
     Column("emitted_at", UTCDateTime, nullable=False),
     Column("received_at", UTCDateTime, nullable=False),
     Column("run_id", String(64)),
+    # Pages kept as received (migration 0012): the body exactly as the exporter sent it,
+    # compressed (`body_encoding`), its sha256, and the request: the window above plus
+    # the cursor sent (NULL for a first page). `fetch_id` groups one fetch's pages.
+    # Pages from before 0012 have no body; their samples are in `exporter_snapshot_rows`.
+    Column("fetch_id", String(32)),
+    Column("request_cursor", Text),
+    Column("body_sha256", String(64)),
+    Column("body_encoding", String(16)),
+    Column("body", LargeBinary),
     Index("ix_exporter_pages_source_window", "source_id", "fetch_since"),
+    Index("ix_exporter_pages_source_until", "source_id", "fetch_until"),
 )
 
 exporter_snapshot_rows = Table(

@@ -1,23 +1,27 @@
-"""Staging what the exporter delivered, exactly as received (fetch's output).
+"""What the exporter delivered, exactly as received (fetch's output, dedup's input).
 
-Staged rows are replaced per fetched range: the newest fetch of a range is
-what dedup reads next. Duplicates and conflicts are kept here on purpose;
+Window fetches keep each page body as received (compressed, with its sha256
+and the request), one `exporter_pages` row per page (migration 0012): dedup
+parses the bodies it needs, so no per-sample row is written and read back.
+`legacy_latest` pulls, and fetches from before 0012, are staged as rows in
+`exporter_snapshot_rows`; dedup reads those for every instant no kept page
+covers (`core.claims`). Duplicates and conflicts are kept in both on purpose:
 deciding what to bill is dedup's job, and it needs to see them.
-
-Rows arrive as driver-ready tuples and go in through COPY (PostgreSQL) or
-executemany (SQLite): a page holds up to ~10^5 samples, and a dict plus
-type processing per sample used to cost more than downloading it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 
-from sqlalchemy import Connection, delete
+from sqlalchemy import Connection, delete, select
 
-from billing_assets.storage.schema import exporter_pages, exporter_snapshot_rows
+from billing_assets.core.claims import Fetch, Interval
 from billing_assets.storage.bulk import bulk_insert
+from billing_assets.storage.page_bodies import received
+from billing_assets.storage.schema import exporter_pages, exporter_snapshot_rows
+from billing_assets.storage.sql import typed
+from billing_assets.storage.times import micros_column, time_select
 
 STAGED_COLUMNS = (
     "source_id",
@@ -49,3 +53,60 @@ def stage_rows(connection: Connection, rows: Iterable[tuple]) -> int:
 
 def record_page(connection: Connection, **values) -> None:
     connection.execute(exporter_pages.insert(), [values])
+
+
+_KEPT_FETCHES = typed(
+    """
+    SELECT fetch_id, MIN(fetch_since) AS fetch_since, MAX(fetch_until) AS fetch_until, MAX(id) AS last_id
+    FROM exporter_pages
+    WHERE source_id = :source_id AND fetch_until > :since AND fetch_since < :until AND body IS NOT NULL
+    GROUP BY fetch_id
+    """,
+    {"since": "ts", "until": "ts"},
+    {"fetch_id": "str", "fetch_since": "ts", "fetch_until": "ts", "last_id": "int"},
+)
+
+
+def kept_fetches(connection: Connection, source_id: str, since: datetime, until: datetime) -> list[Fetch]:
+    """The fetches with kept pages that reach into [since, until), newest last page as their order."""
+    rows = connection.execute(_KEPT_FETCHES, {"source_id": source_id, "since": since, "until": until})
+    return [Fetch(fetch_id, fetch_since, fetch_until, int(last_id)) for fetch_id, fetch_since, fetch_until, last_id in rows]
+
+
+def fetch_bodies(connection: Connection, source_id: str, fetch_id: str) -> Iterator[bytes]:
+    """One fetch's page bodies as received, in page order, each checked against its sha256.
+
+    One page at a time, so memory is one body, as it was when downloading.
+    """
+    table = exporter_pages
+    where = (table.c.source_id == source_id, table.c.fetch_id == fetch_id)
+    ids = connection.execute(select(table.c.id).where(*where).order_by(table.c.page_no)).scalars().all()
+    for page_id in ids:
+        data, encoding, sha256 = connection.execute(
+            select(table.c.body, table.c.body_encoding, table.c.body_sha256).where(*where, table.c.id == page_id)
+        ).one()
+        yield received(bytes(data), encoding, sha256)
+
+
+def staged_deliveries(connection: Connection, source_id: str, intervals: list[Interval]) -> Iterator[tuple]:
+    """Staged rows of these intervals in delivery order, as
+    (node_id, env, uuid, inbound_tag, collected_at µs, email, uplink, downlink)."""
+    statement = typed(
+        f"""
+        SELECT node_id, env, uuid, inbound_tag, {time_select(connection, 'collected_at')}, email,
+               uplink_bytes_total, downlink_bytes_total
+        FROM exporter_snapshot_rows
+        WHERE source_id = :source_id AND collected_at >= :since AND collected_at < :until
+        ORDER BY delivery_seq
+        """,
+        {"since": "ts", "until": "ts"},
+    )
+    for since, until in intervals:
+        result = connection.execute(statement, {"source_id": source_id, "since": since, "until": until})
+        rows = result.cursor.fetchall() if result.cursor is not None else []
+        result.close()
+        if not rows:
+            continue
+        at = micros_column(connection, [row[4] for row in rows]).tolist()
+        for row, at_us in zip(rows, at):
+            yield (*row[:4], at_us, *row[5:])

@@ -8,8 +8,9 @@ SQLAlchemy's type processing (microseconds per value at millions of samples).
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Connection
 
@@ -70,3 +71,39 @@ def minute_select(connection: Connection, column: str) -> str:
 def parse_minute(value: str) -> datetime:
     """A `minute_select` value as an aware UTC datetime."""
     return datetime.strptime(value, "%Y-%m-%d %H:%M").replace(tzinfo=timezone.utc)
+
+
+EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def to_micros(value: datetime) -> int:
+    """An aware datetime as integer microseconds since the Unix epoch (exact; no float on the way)."""
+    return (value - EPOCH) // timedelta(microseconds=1)
+
+
+def from_micros(value: int) -> datetime:
+    return EPOCH + timedelta(microseconds=int(value))
+
+
+def micros_column(connection: Connection, values: list) -> np.ndarray:
+    """A time column read through `time_select`, as int64 microseconds since the Unix epoch."""
+    if not values:
+        return np.empty(0, dtype=np.int64)
+    if is_postgres(connection):
+        return np.asarray(values, dtype=np.int64)
+    parsed = pd.to_datetime(pd.Series(values), format="ISO8601", utc=True)
+    return parsed.dt.as_unit("us").astype("int64").to_numpy()
+
+
+def micros_params(connection: Connection, values: np.ndarray) -> list:
+    """`time_param` of each int64-microsecond value, formatted once per distinct time.
+
+    Samples share their snapshot's time (~1,000 samples per distinct value),
+    so this costs a few hundred strftime calls per source-hour, not 300,000.
+    """
+    if len(values) == 0:
+        return []
+    distinct, inverse = np.unique(values, return_inverse=True)
+    stamp = time_param(connection)
+    stamped = [stamp(from_micros(value)) for value in distinct]
+    return [stamped[position] for position in inverse.tolist()]
