@@ -192,3 +192,100 @@ def test_upgrade_to_the_series_dictionary_keeps_every_sample_and_bills_nothing_t
     with old.begin() as connection:
         command.upgrade(alembic_config(connection), "head")
     assert contents(old) == after
+
+
+def test_a_fetch_staged_before_pages_were_kept_is_billed_once_after_the_upgrade(billing_env, recent_hour, request, tmp_path, monkeypatch):
+    """Migration 0012 between a fetch and its dedup: the staged rows still bill, exactly once.
+
+    Before 0012 a fetch staged one row per sample and kept no body. Such a
+    fetch, not yet deduplicated, is written into a 0011 database as the old
+    fetch wrote it; after the upgrade, dedup must read those staged rows (no
+    kept page covers the range) and bill them; a later run over a wider range
+    (fetching with bodies now) must bill the rest and nothing twice; and a
+    downgrade and upgrade lose no stored sample.
+    """
+    from datetime import timedelta
+
+    from alembic import command
+    from sqlalchemy import func, select
+
+    from billing_assets.core.pricing import DEFAULT_PRICING
+    from billing_assets.definitions import defs
+    from billing_assets.defs.runs import materialize_range
+    from billing_assets.pipeline.bucket import bucket_slice
+    from billing_assets.pipeline.charge import charge_slice
+    from billing_assets.pipeline.dedup import dedup_slice
+    from billing_assets.pipeline.slices import Slice
+    from billing_assets.registry.model import load_registry
+    from billing_assets.storage import snapshots
+    from billing_assets.storage.engine import alembic_config, reset_caches
+    from billing_assets.storage.schema import billing_ledger, usage_samples
+    from billing_assets.storage.times import time_param
+    from billing_assets.transport.client import ExporterClient
+    from billing_assets_tests.support.db import buckets_by_key, ledger_sums, nonzero
+    from billing_assets_tests.support.oracle import exporter_samples, expected_buckets, within
+
+    postgres = billing_env.database_url.startswith("postgresql")
+    start, middle, end = recent_hour, recent_hour + timedelta(minutes=10), recent_hour + timedelta(minutes=16)
+    exporter = billing_env.fleet.start("mk-1", billing_start=start, users=5, page_limit=3)
+    billing_env.write_registry()
+    billing_env.sync_partitions()
+    source = load_registry(billing_env.sources_file).get("mk-1")
+    url = request.getfixturevalue("postgres_server").create_database() if postgres else f"sqlite:///{tmp_path / 'k.sqlite'}"
+    engine = get_engine(url)
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "0011")
+
+    # The old fetch of [start - overlap, middle): one staged row per sample, pages without a body.
+    since = start - source.overlap
+    with ExporterClient(source) as client, engine.begin() as connection:
+        stamp, seq, staged = time_param(connection), 0, 0
+        for fetched in client.iter_window(since, middle):
+            page, rows = fetched.page, []
+            for item in page.items:
+                for sample in item.samples:
+                    rows.append((source.source_id, page.node_id, page.env, sample["uuid"], sample["inbound_tag"],
+                                 stamp(item.collected_at), sample["email"], sample["uplink_bytes_total"],
+                                 sample["downlink_bytes_total"], seq, stamp(start)))  # fmt: skip
+                    seq += 1
+            staged += snapshots.stage_rows(connection, rows)
+            connection.exec_driver_sql(
+                "INSERT INTO exporter_pages (source_id, fetch_since, fetch_until, page_no, item_count, sample_count, "
+                "body_bytes, emitted_at, received_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)".replace("?", "%s" if postgres else "?"),
+                (source.source_id, stamp(since), stamp(middle), fetched.page_no, len(page.items), len(rows),
+                 fetched.body_bytes, stamp(page.emitted_at), stamp(start)),
+            )  # fmt: skip
+    assert staged > 5 * 10 * 4
+
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "head")
+    work = Slice("mk-1", start, middle)
+    stats = dedup_slice(engine, source, work)
+    assert stats.staged == staged and stats.inserted == staged, "every staged delivery is read once and stored"
+    bucket_slice(engine, source, work)
+    charge_slice(engine, source, work, DEFAULT_PRICING)
+    shape = exporter.server.shape
+    truth = expected_buckets(exporter_samples(shape.model, shape.node_id, shape.env, start - timedelta(hours=1), end), start)
+    assert nonzero(buckets_by_key(engine, "mk-1")) == nonzero(within(truth, start, middle))
+
+    # The pipeline at head over the whole range: fetches with bodies, bills the rest, nothing twice.
+    monkeypatch.setenv("BILLING_DATABASE_URL", url)
+    reset_caches()
+    engine = get_engine(url)
+    assert materialize_range(defs, billing_env.instance(), "mk-1", start, end, log_level="CRITICAL").success
+    assert nonzero(buckets_by_key(engine, "mk-1")) == nonzero(within(truth, start, end))
+    assert ledger_sums(engine, "mk-1") == nonzero(buckets_by_key(engine, "mk-1"))
+
+    def counts() -> tuple[int, int]:
+        with engine.connect() as connection:
+            return tuple(connection.execute(select(func.count()).select_from(t)).scalar_one() for t in (usage_samples, billing_ledger))
+
+    kept = counts()
+    with engine.begin() as connection:
+        command.downgrade(alembic_config(connection), "0011")
+    assert counts() == kept
+    with engine.begin() as connection:
+        command.upgrade(alembic_config(connection), "head")
+    assert counts() == kept
+    monkeypatch.setenv("BILLING_DATABASE_URL", billing_env.database_url)
+    reset_caches()
