@@ -8,39 +8,48 @@ constraint makes a racing duplicate fail instead of charging twice.
 from __future__ import annotations
 
 from datetime import datetime
+from functools import lru_cache
 
+import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, bindparam, text
 
 from billing_assets.core.ledger import LEDGER_STATE_COLUMNS
-from billing_assets.core.pricing import Pricing, nanos_to_amount
+from billing_assets.core.pricing import NANOS, Pricing
+from billing_assets.storage import binary_copy
 from billing_assets.storage.schema import billing_ledger
-from billing_assets.storage.bulk import bulk_insert
-from billing_assets.storage.sql import frame, prefer_hash_joins, typed
-from billing_assets.storage.times import minute_select, parse_minute, time_column, time_param
-from billing_assets.storage.types import UTCDateTime
+from billing_assets.storage.bulk import copy_columns
+from billing_assets.storage.sql import prefer_hash_joins, read_frame, typed
+from billing_assets.storage.times import epoch_micros, epoch_micros_of, minute_select, parse_minute, time_select
+from billing_assets.storage.types import Money, UTCDateTime
 
 _KEY_JOIN = "l.node_id = b.node_id AND l.env = b.env AND l.uuid = b.uuid AND l.inbound_tag = b.inbound_tag AND l.bucket_start = b.bucket_start"
 
-BUCKETS_WITH_CHARGES = typed(
-    f"""
-    SELECT b.node_id, b.env, b.uuid, b.inbound_tag, b.bucket_start, b.email, b.uplink_bytes, b.downlink_bytes,
+# Read as the driver parses fastest: bucket_start through `time_select` (epoch
+# µs on PostgreSQL, not a datetime object per row) and the sums as BIGINT
+# (PostgreSQL's SUM(bigint) is numeric, a Decimal per value): 0.38 -> 0.28 s
+# a source-hour in bench.steps. A sum past BIGINT raises rather than wraps.
+_BUCKETS_WITH_CHARGES = f"""
+    SELECT b.node_id, b.env, b.uuid, b.inbound_tag, {{bucket_start}}, b.email, b.uplink_bytes, b.downlink_bytes,
            COALESCE(l.entry_count, 0), COALESCE(l.charged_uplink, 0), COALESCE(l.charged_downlink, 0),
            COALESCE(l.charged_nanos, 0), COALESCE(l.last_seq, 0)
     FROM usage_minute_buckets b
     LEFT JOIN (
         SELECT node_id, env, uuid, inbound_tag, bucket_start, COUNT(*) AS entry_count,
-               SUM(uplink_bytes) AS charged_uplink, SUM(downlink_bytes) AS charged_downlink,
-               SUM(amount_nanos) AS charged_nanos, MAX(entry_seq) AS last_seq
+               CAST(SUM(uplink_bytes) AS BIGINT) AS charged_uplink, CAST(SUM(downlink_bytes) AS BIGINT) AS charged_downlink,
+               CAST(SUM(amount_nanos) AS BIGINT) AS charged_nanos, MAX(entry_seq) AS last_seq
         FROM billing_ledger
         WHERE source_id = :source_id AND bucket_start >= :start AND bucket_start < :end
         GROUP BY node_id, env, uuid, inbound_tag, bucket_start
     ) l ON {_KEY_JOIN}
     WHERE b.source_id = :source_id AND b.bucket_start >= :start AND b.bucket_start < :end
-    """,
-    {"start": "ts", "end": "ts"},
-    {"bucket_start": "ts"},
-)
+    """
+
+
+@lru_cache(maxsize=None)
+def _buckets_with_charges(bucket_start_sql: str):
+    return typed(_BUCKETS_WITH_CHARGES.format(bucket_start=bucket_start_sql), {"start": "ts", "end": "ts"})
+
 
 def _ledger_mismatches_per_minute_sql(minute: str) -> str:
     return f"""
@@ -71,42 +80,40 @@ def count_buckets(connection: Connection, source_id: str, start: datetime, end: 
 
 def load_ledger_state(connection: Connection, source_id: str, start: datetime, end: datetime) -> pd.DataFrame:
     prefer_hash_joins(connection)
-    state = frame(connection, BUCKETS_WITH_CHARGES, {"source_id": source_id, "start": start, "end": end}, LEDGER_STATE_COLUMNS)
-    return state
+    statement = _buckets_with_charges(time_select(connection, "b.bucket_start"))
+    params = {"source_id": source_id, "start": start, "end": end}
+    return read_frame(connection, statement, params, LEDGER_STATE_COLUMNS, times=["bucket_start"])
 
 
-APPEND_COLUMNS = (
-    "node_id", "env", "uuid", "inbound_tag", "bucket_start", "entry_seq", "source_id", "email", "uplink_bytes",
-    "downlink_bytes", "amount", "amount_nanos", "currency", "plan", "entry_kind", "created_at", "run_id",
-)  # fmt: skip
+# `amount` is `amount_nanos` / NANOS, exactly, in the ledger's Money column.
+AMOUNT_SCALE = Money.impl.scale
+assert NANOS == 10**AMOUNT_SCALE
 
 
 def append_entries(
     connection: Connection, source_id: str, entries: pd.DataFrame, pricing: Pricing, now: datetime, run_id: str | None
 ) -> int:
-    """Append in bulk (COPY / executemany); a racing duplicate still raises IntegrityError."""
+    """Append in bulk (binary COPY / executemany); a racing duplicate still raises IntegrityError."""
     if entries.empty:
         return 0
     count = len(entries)
-    nanos = entries["amount_nanos"].astype("int64").tolist()
-    created_at = time_param(connection)(now)
-    rows = zip(
-        *(entries[column].tolist() for column in ("node_id", "env", "uuid", "inbound_tag")),
-        time_column(connection, entries["bucket_start"]),
-        entries["entry_seq"].astype("int64").tolist(),
-        [source_id] * count,
-        entries["email"].tolist(),
-        entries["uplink_bytes"].astype("int64").tolist(),
-        entries["downlink_bytes"].astype("int64").tolist(),
-        [str(nanos_to_amount(value)) for value in nanos],
-        nanos,
-        [pricing.currency] * count,
-        entries["plan"].tolist(),
-        entries["entry_kind"].tolist(),
-        [created_at] * count,
-        [run_id] * count,
-    )
-    return bulk_insert(connection, billing_ledger.name, APPEND_COLUMNS, rows)
+    nanos = entries["amount_nanos"]
+    return copy_columns(connection, billing_ledger.name, {
+        **{name: binary_copy.text(entries[name]) for name in ("node_id", "env", "uuid", "inbound_tag")},
+        "bucket_start": binary_copy.timestamptz(epoch_micros(entries["bucket_start"])),
+        "entry_seq": binary_copy.int4(entries["entry_seq"]),
+        "source_id": binary_copy.text([source_id] * count),
+        "email": binary_copy.text(entries["email"]),
+        "uplink_bytes": binary_copy.int8(entries["uplink_bytes"]),
+        "downlink_bytes": binary_copy.int8(entries["downlink_bytes"]),
+        "amount": binary_copy.numeric(nanos, AMOUNT_SCALE),
+        "amount_nanos": binary_copy.int8(nanos),
+        "currency": binary_copy.text([pricing.currency] * count),
+        "plan": binary_copy.text(entries["plan"]),
+        "entry_kind": binary_copy.text(entries["entry_kind"]),
+        "created_at": binary_copy.timestamptz(np.full(count, epoch_micros_of(now), dtype=np.int64)),
+        "run_id": binary_copy.text([run_id] * count),
+    })  # fmt: skip
 
 
 def ledger_mismatches_per_minute(

@@ -18,6 +18,11 @@ from billing_assets.storage.dialect import is_postgres
 
 
 SQLITE_TIME_FORMAT = "%Y-%m-%d %H:%M:%S.%f"  # what SQLAlchemy's SQLite DATETIME stores
+UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+MICROSECOND = timedelta(microseconds=1)
+# Years 1..9999: what SQLITE_TIME_FORMAT and Python's datetime (SQLAlchemy's reader) can hold.
+_SQLITE_MICROS = ((datetime(1, 1, 1, tzinfo=timezone.utc) - UNIX_EPOCH) // MICROSECOND,
+                  (datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=timezone.utc) - UNIX_EPOCH) // MICROSECOND)  # fmt: skip
 
 
 def as_utc(value: datetime) -> pd.Timestamp:
@@ -37,6 +42,30 @@ def time_column(connection: Connection, values: pd.Series) -> list:
     if is_postgres(connection):
         return list(utc.dt.strftime("%Y-%m-%d %H:%M:%S.%f+00"))
     return list(utc.dt.strftime(SQLITE_TIME_FORMAT))
+
+
+def epoch_micros(values: pd.Series) -> np.ndarray:
+    """A datetime column (aware, any unit) as int64 microseconds since the Unix epoch, for column copies."""
+    utc = pd.to_datetime(values, utc=True)
+    return utc.dt.tz_convert(None).dt.as_unit("us").to_numpy().view("int64")
+
+
+def epoch_micros_of(value: datetime) -> int:
+    """`epoch_micros` of one aware datetime (exact integer arithmetic; a naive one raises TypeError)."""
+    return (value - UNIX_EPOCH) // MICROSECOND
+
+
+def sqlite_time_text(micros: np.ndarray) -> np.ndarray:
+    """Epoch microseconds as `SQLITE_TIME_FORMAT` text, in one numpy call rather than a strftime per value.
+
+    Outside years 1..9999 raises ValueError: SQLite would store the text but
+    nothing could read it back as a datetime.
+    """
+    micros = np.asarray(micros, dtype=np.int64)
+    if len(micros) and (micros.min() < _SQLITE_MICROS[0] or micros.max() > _SQLITE_MICROS[1]):
+        raise ValueError("timestamp outside years 1..9999 cannot be stored on SQLite")
+    iso = np.datetime_as_string(micros.astype("datetime64[us]"), unit="us")  # YYYY-MM-DDTHH:MM:SS.ffffff
+    return np.strings.replace(iso, "T", " ", 1)
 
 
 def time_select(connection: Connection, column: str) -> str:
