@@ -18,7 +18,9 @@ STEP_STAGE = {
     "usage_minute_buckets": "bucket",
     "billing_ledger": "ledger",
 }
-COUNTED_TABLES = ("exporter_pages", "exporter_snapshot_rows", "usage_samples", "usage_minute_buckets", "billing_ledger")
+COUNTED_TABLES = ("exporter_pages", "usage_samples", "usage_minute_buckets", "billing_ledger")
+# What fetch received: its pages are kept as bodies (migration 0012), each with its sample count.
+RECEIVED_SAMPLES = "SELECT COALESCE(SUM(sample_count), 0) FROM exporter_pages WHERE body IS NOT NULL"
 
 
 def _environment(job: dict) -> None:
@@ -46,7 +48,9 @@ def table_rows(database_url: str) -> dict[str, int]:
     from billing_assets.storage.engine import get_engine
 
     with get_engine(database_url).connect() as connection:
-        return {table: int(connection.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one()) for table in COUNTED_TABLES}
+        rows = {table: int(connection.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one()) for table in COUNTED_TABLES}
+        rows["samples_received"] = int(connection.execute(text(RECEIVED_SAMPLES)).scalar_one())
+        return rows
 
 
 def _run_range(defs, instance, source_id: str, start: datetime, end: datetime) -> tuple[float, dict[str, float]]:

@@ -18,7 +18,7 @@ def test_quick_preset_runs_and_pipeline_stores_what_baseline_downloads(tmp_path)
     sqlite = report["databases"]["sqlite"]
     assert baseline["samples"] > 1000
     assert sqlite["samples"] == baseline["samples"]
-    assert sqlite["rows"]["exporter_snapshot_rows"] == baseline["samples"]
+    assert sqlite["rows"]["samples_received"] == baseline["samples"]
     assert sqlite["rows"]["billing_ledger"] > 0
     assert set(sqlite["stages_s"]) >= {"fetch", "dedup", "bucket", "ledger"}
     assert sqlite["peak_rss_mib"] > 0

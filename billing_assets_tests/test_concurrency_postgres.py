@@ -247,16 +247,19 @@ def test_sample_primary_key_stops_a_racing_dedup_without_the_lock(pg, upstream, 
     racer = create_engine(url)
     with racer.connect() as other:
         transaction = other.begin()
-        from billing_assets.storage.samples import dedup_staged
+        from billing_assets.pipeline.dedup import read_deliveries
+        from billing_assets.storage.samples import store_deliveries
 
-        first = dedup_staged(other, "cc-5", work.start - source.overlap, work.end, start, start - timedelta(days=32))
+        since = work.start - source.overlap
+        delivered = read_deliveries(other, "cc-5", since, work.end)
+        first = store_deliveries(other, "cc-5", since, work.end, start, start - timedelta(days=32), delivered)
         assert first.inserted > 0  # the racer holds every sample of the window, uncommitted
         outcome: dict = {}
         deduping = threading.Thread(target=lambda: outcome.update(stats=dedup_slice(engine, source, work)))
         deduping.start()
         # Ours waits at its first insert the racer's uncommitted rows conflict with: the new series
         # of the dictionary (usage_series) or, were they already stored, the samples (usage_sample_rows).
-        wait_until(lambda: _waiting_on_lock(engine, "INSERT INTO usage_s"), "our insert to wait for the racer's rows", WAIT_S)
+        wait_until(lambda: _waiting_on_lock(engine, "COPY usage_s"), "our insert to wait for the racer's rows", WAIT_S)
         transaction.commit()  # the racer's rows land first; ours now violate a unique key
         deduping.join(WAIT_S)
     racer.dispose()

@@ -22,7 +22,7 @@ from billing_assets.registry.model import Source
 from billing_assets.settings import DEFAULT_DEDUP_HORIZON
 from billing_assets.storage import snapshots
 from billing_assets.storage.samples import DedupStats, lock_samples, store_deliveries
-from billing_assets.storage.times import to_micros
+from billing_assets.storage.times import epoch_micros_of
 from billing_assets.storage.transactions import in_transaction_retrying_races
 from billing_assets.transport.envelope import WindowPage, describe_validation
 from billing_assets.transport.errors import SourceFetchError
@@ -69,4 +69,4 @@ def _add_page(builder: DeliveredBuilder, source_id: str, body: bytes, intervals:
         raise SourceFetchError(source_id, f"kept page body no longer validates: {describe_validation(error)}") from None
     for item in page.items:
         if within(item.collected_at, intervals):
-            builder.add_snapshot(page.node_id, page.env, to_micros(item.collected_at), item.samples)
+            builder.add_snapshot(page.node_id, page.env, epoch_micros_of(item.collected_at), item.samples)

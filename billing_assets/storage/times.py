@@ -102,16 +102,9 @@ def parse_minute(value: str) -> datetime:
     return datetime.strptime(value, "%Y-%m-%d %H:%M").replace(tzinfo=timezone.utc)
 
 
-EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def to_micros(value: datetime) -> int:
-    """An aware datetime as integer microseconds since the Unix epoch (exact; no float on the way)."""
-    return (value - EPOCH) // timedelta(microseconds=1)
-
-
 def from_micros(value: int) -> datetime:
-    return EPOCH + timedelta(microseconds=int(value))
+    """The inverse of `epoch_micros_of`."""
+    return UNIX_EPOCH + int(value) * MICROSECOND
 
 
 def micros_column(connection: Connection, values: list) -> np.ndarray:
