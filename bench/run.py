@@ -132,6 +132,8 @@ def throughput(args, shape: Shape, databases: list[str], with_overhead: bool) ->
         _print_baseline(baseline)
         for kind in databases:
             job = {**common, "mode": "pipeline", "database_url": fresh(kind), "dagster_home": instance_home(f"dagster-{kind}", kind)}
+            if args.profile:
+                job["profile"] = str(Path(args.profile).resolve() / f"pipeline-{kind}")
             if args.concurrency > 1:
                 spawn({**job, "mode": "prepare"})  # schema and partitions once, not raced by the workers
                 job["prepared"] = True
@@ -208,6 +210,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--concurrency", type=int, default=1,
         help="sources run this many at a time, each worker its own process (production runs sources concurrently)",
     )
+    p.add_argument("--profile", metavar="DIR", help="write a pyinstrument profile of each pipeline worker here")
     p.add_argument("--postgres-admin-url", help="use this server (a superuser URL) instead of starting one")
     p.add_argument("--workdir", help="keep exporters' certs, databases and DAGSTER_HOME here")
     p.add_argument("--json", help="also write the full report here")

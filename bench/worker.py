@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 import sys
 import time
 from datetime import datetime
@@ -89,6 +90,8 @@ def prepare(job: dict) -> dict:
 
 def pipeline(job: dict) -> dict:
     """The whole range of every source, one Dagster run per source."""
+    if job.get("profile"):
+        return _profiled(job)
     defs, instance = _prepare(job)
     start, end = datetime.fromisoformat(job["start"]), datetime.fromisoformat(job["end"])
     stages: dict[str, float] = {}
@@ -105,6 +108,20 @@ def pipeline(job: dict) -> dict:
         "wall_s": wall, "stages_s": stages, "samples": rows["usage_samples"], "rows": rows,
         "began_at": began_at, "ended_at": ended_at,
     }  # fmt: skip
+
+
+def _profiled(job: dict) -> dict:
+    """`pipeline` under pyinstrument; the text profile lands in job["profile"]-<pid>.txt (bench.run --profile)."""
+    from pyinstrument import Profiler
+
+    profiler = Profiler()
+    profiler.start()
+    try:
+        return pipeline({**job, "profile": None})
+    finally:
+        profiler.stop()
+        Path(f"{job['profile']}-{os.getpid()}.txt").write_text(profiler.output_text(unicode=False, show_all=False))
+        profiler.last_session.save(f"{job['profile']}-{os.getpid()}.pyisession")
 
 
 def baseline(job: dict) -> dict:

@@ -7,7 +7,7 @@ metadata accumulator or the storages' engines, these fail first and say which.
 
 import pytest
 import yaml
-from sqlalchemy import pool
+from sqlalchemy import event, pool
 
 import dagster as dg
 
@@ -80,8 +80,15 @@ def test_postgres_instance_storage_keeps_one_connection_and_still_records_runs(t
         assert not isinstance(instance.event_log_storage._engine.pool, pool.NullPool)
         assert not isinstance(instance.run_storage._engine.pool, pool.NullPool)
         assert internals.hold_instance_connections(instance) is False, "once per instance"
-        result = _materialize(ranged, instance)
-        assert result.success
-        assert len(instance.fetch_materializations(dg.AssetKey("ranged"), limit=10).records) == 2
+        opened = []
+        for storage in (instance.run_storage, instance.event_log_storage, instance.schedule_storage):
+            event.listen(storage._engine, "connect", lambda *_: opened.append(1))
+        assert _materialize(ranged, instance).success
+        after_first = len(opened)
+        for _ in range(2):
+            assert _materialize(ranged, instance).success
+        assert len(instance.fetch_materializations(dg.AssetKey("ranged"), limit=10).records) == 6
+        # Later runs' events go over the connections the first one made (nested ones included).
+        assert len(opened) == after_first <= 3 * (1 + internals.HELD_OVERFLOW)
     finally:
         instance.dispose()

@@ -211,8 +211,27 @@ def hold_instance_connections(instance: dg.DagsterInstance) -> bool:
     _POOLED.add(instance)
     if type(instance.event_log_storage).__module__.split(".")[0] != "dagster_postgres":
         return False
-    instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=4)
+    instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=HELD_OVERFLOW)
+    for storage in (instance.run_storage, instance.event_log_storage, instance.schedule_storage):
+        _keep_overflow_connections(getattr(getattr(storage, "_engine", None), "pool", None))
     return True
+
+
+HELD_OVERFLOW = 4
+
+
+def _keep_overflow_connections(engine_pool) -> None:
+    """Keep the pool's overflow connections open once made, up to its limit.
+
+    The webserver's pool holds one connection; a second one is opened and
+    closed again each time the storage nests a connection inside another
+    (`store_event_batch` asking `has_table` for the asset tags table), several
+    times a step. Letting the pool's queue hold `pool_size + max_overflow`
+    idle connections keeps those too: at most five per storage, made once.
+    """
+    queue = getattr(engine_pool, "_pool", None)
+    if queue is not None and hasattr(queue, "maxsize"):
+        queue.maxsize = engine_pool.size() + HELD_OVERFLOW
 
 
 def add_partition_metadata(context: dg.AssetExecutionContext, per_key: dict[str, dict]) -> None:
