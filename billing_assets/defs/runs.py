@@ -15,7 +15,7 @@ from datetime import datetime
 import dagster as dg
 
 from billing_assets.core.timeutil import MINUTE, format_rfc3339
-from billing_assets.defs.dagster_internals import RANGE_END_TAG, RANGE_START_TAG, UNFINISHED_RUN_STATUSES
+from billing_assets.defs.dagster_internals import RANGE_END_TAG, RANGE_START_TAG, UNFINISHED_RUN_STATUSES, hold_instance_connections
 from billing_assets.defs.partitions import partition_key
 
 BILLING_ASSETS = ["exporter_snapshots", "usage_samples", "usage_minute_buckets", "billing_ledger"]
@@ -75,7 +75,12 @@ def materialize_range(
     tags: dict[str, str] | None = None,
     log_level: str = "INFO",
 ) -> dg.ExecuteInProcessResult:
-    """Minutes [start, end) of one source as one in-process run (demo, tests, bench)."""
+    """Minutes [start, end) of one source as one in-process run (demo, tests, bench).
+
+    The process is the run worker, so its instance holds its connections from
+    the run's first event on, not only from the first step (`hold_instance_connections`).
+    """
+    hold_instance_connections(instance)
     job = defs.resolve_implicit_global_asset_job_def()
     return job.execute_in_process(
         asset_selection=[dg.AssetKey(name) for name in BILLING_ASSETS],
