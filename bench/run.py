@@ -168,9 +168,12 @@ def _print_baseline(result: dict) -> None:
     )
 
 
+ROW_TABLES = ("exporter_pages", "usage_samples", "usage_minute_buckets", "billing_ledger")  # the rest of "rows" are figures
+
+
 def _print_pipeline(kind: str, result: dict) -> None:
     stages = ", ".join(f"{name} {seconds:.1f}s" for name, seconds in result["stages_s"].items())
-    rows = sum(result["rows"].values())
+    rows = sum(count for name, count in result["rows"].items() if name in ROW_TABLES)
     print(
         f"pipeline on {kind} ({result.get('concurrency', 1)} at a time): {result['samples']:,} samples in {result['wall_s']:.1f}s = "
         f"{result['samples_per_s']:,.0f} samples/s ({result['ratio_to_baseline']:.2f} of baseline); "

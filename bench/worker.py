@@ -51,6 +51,7 @@ def table_rows(database_url: str) -> dict[str, int]:
     with get_engine(database_url).connect() as connection:
         rows = {table: int(connection.execute(text(f"SELECT COUNT(*) FROM {table}")).scalar_one()) for table in COUNTED_TABLES}
         rows["samples_received"] = int(connection.execute(text(RECEIVED_SAMPLES)).scalar_one())
+        rows["page_bytes_kept"] = int(connection.execute(text("SELECT COALESCE(SUM(LENGTH(body)), 0) FROM exporter_pages")).scalar_one())
         return rows
 
 

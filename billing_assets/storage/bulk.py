@@ -156,3 +156,22 @@ def _batches(rows: Iterable[tuple], size: int) -> Iterator[list[tuple]]:
             batch = []
     if batch:
         yield batch
+
+
+def bulk_insert_new(connection: Connection, table: str, columns: Sequence[str], rows: list[tuple]) -> int:
+    """Insert the rows no unique constraint already holds (COPY into a temporary table, then one
+    INSERT … ON CONFLICT DO NOTHING on PostgreSQL); how many were new."""
+    names = ", ".join(columns)
+    if not is_postgres(connection):
+        cursor = connection.connection.driver_connection.cursor()
+        try:
+            cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING", rows)
+            return max(cursor.rowcount, 0)
+        finally:
+            cursor.close()
+    staging = f"_new_{table}"
+    connection.exec_driver_sql(f"CREATE TEMPORARY TABLE {staging} ON COMMIT DROP AS SELECT {names} FROM {table} WITH NO DATA")
+    bulk_insert(connection, staging, columns, rows)
+    added = connection.exec_driver_sql(f"INSERT INTO {table} ({names}) SELECT DISTINCT {names} FROM {staging} ON CONFLICT DO NOTHING").rowcount
+    connection.exec_driver_sql(f"DROP TABLE {staging}")
+    return int(added or 0)

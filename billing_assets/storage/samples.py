@@ -30,8 +30,7 @@ from sqlalchemy import Connection
 
 from billing_assets.core.dedup import Delivered, Samples, judge
 from billing_assets.storage import binary_copy
-from billing_assets.storage.bulk import bulk_insert, copy_columns
-from billing_assets.storage.dialect import is_postgres
+from billing_assets.storage.bulk import bulk_insert, bulk_insert_new, copy_columns
 from billing_assets.storage.sql import typed
 from billing_assets.storage.times import micros_column, micros_params, time_param, time_select, epoch_micros_of
 from billing_assets.storage.transactions import source_lock
@@ -151,25 +150,7 @@ def _quarantine(connection: Connection, source_id: str, since: datetime, now: da
             delivered.downlink[positions].tolist(),
         )
     ]
-    return _insert_new_only(connection, "sample_conflicts", CONFLICT_COLUMNS, rows)
-
-
-def _insert_new_only(connection: Connection, table: str, columns, rows: list[tuple]) -> int:
-    """Insert the rows no unique constraint already holds; how many were new."""
-    names = ", ".join(columns)
-    if not is_postgres(connection):
-        cursor = connection.connection.driver_connection.cursor()
-        try:
-            cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))}) ON CONFLICT DO NOTHING", rows)
-            return max(cursor.rowcount, 0)
-        finally:
-            cursor.close()
-    staging = f"_new_{table}"
-    connection.exec_driver_sql(f"CREATE TEMPORARY TABLE {staging} ON COMMIT DROP AS SELECT {names} FROM {table} WITH NO DATA")
-    bulk_insert(connection, staging, columns, rows)
-    added = connection.exec_driver_sql(f"INSERT INTO {table} ({names}) SELECT DISTINCT {names} FROM {staging} ON CONFLICT DO NOTHING").rowcount
-    connection.exec_driver_sql(f"DROP TABLE {staging}")
-    return int(added or 0)
+    return bulk_insert_new(connection, "sample_conflicts", CONFLICT_COLUMNS, rows)
 
 
 def quarantined(connection: Connection, source_id: str, since: datetime, until: datetime, limit: int = 3) -> tuple[int, list[dict]]:
