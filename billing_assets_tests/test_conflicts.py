@@ -178,3 +178,34 @@ def test_deliveries_older_than_the_horizon_are_refused(billing_env, upstream, re
     bucket_slice(engine, source, work)
     charge_slice(engine, source, work, DEFAULT_PRICING)
     assert ledger_rows(engine, "cf-4") == entries
+
+
+def test_dedup_in_chunks_stores_and_quarantines_exactly_what_one_pass_does(billing_env, upstream, recent_hour):
+    """Chunks of a page or two give the answer of the whole range at once, re-deliveries across chunks included."""
+    start = recent_hour
+    items = two_users(start)
+    at = items[1].collected_at
+    # A conflicting re-delivery two pages later, and an identical one, both after their first delivery.
+    items.insert(3, ScriptedItem(at, (ScriptedSample("u-2", "vless-in", 1, 1), ScriptedSample("u-1", "vless-in", 2000, 10000))))
+    script = Script(source_id="cf-9", node_id="node-cf-9", items=items, page_sizes=(1,), page_overlap=0)
+    source = serve(billing_env, upstream, script, start - MINUTE)
+    engine, work = billing_env.engine, Slice("cf-9", start, start + 2 * MINUTE)
+    fetch_slice(engine, source, work, retry=RetryPolicy(attempts=1))
+
+    def outcome():
+        with engine.connect() as connection:
+            samples = sorted(tuple(row) for row in connection.execute(select(
+                usage_samples.c.uuid, usage_samples.c.collected_at, usage_samples.c.uplink_bytes_total)))
+            conflicts = sorted(tuple(row) for row in connection.execute(select(
+                sample_conflicts.c.uuid, sample_conflicts.c.kept_uplink_bytes_total, sample_conflicts.c.rejected_uplink_bytes_total)))
+        return samples, conflicts
+
+    whole = dedup_slice(engine, source, work)  # one chunk: the default budget holds every delivery
+    expected = outcome()
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DELETE FROM sample_conflicts")
+        connection.exec_driver_sql("DELETE FROM usage_sample_rows")
+    chunked = dedup_slice(engine, source, work, max_chunk=1)  # a chunk per page
+    assert outcome() == expected
+    assert chunked == whole and whole.conflicts == 1 and whole.inserted == 8
+    assert expected[1] == [("u-2", 1400, 1)]

@@ -123,6 +123,10 @@ class DeliveredBuilder:
         self._downlink: list[int] = []
         self._email: list[str] = []
 
+    @property
+    def size(self) -> int:
+        return len(self._key_index)
+
     def add_snapshot(self, node_id: str, env: str, at_us: int, samples: list[dict]) -> None:
         index = self._index
         for sample in samples:

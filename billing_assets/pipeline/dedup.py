@@ -8,8 +8,9 @@ covers the range (`legacy_latest` pulls, fetches from before migration 0012).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timedelta
+from itertools import islice
 
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine
@@ -28,15 +29,26 @@ from billing_assets.transport.envelope import WindowPage, describe_validation
 from billing_assets.transport.errors import SourceFetchError
 
 
+# Deliveries judged and written at a time: memory stays at a few pages' columns whatever the
+# range (a 6-hour range of 10,000 users is 19 M samples; all at once peaked at 4.6 GiB).
+MAX_CHUNK_DELIVERIES = 200_000
+
+
 def dedup_slice(
     engine: Engine,
     source: Source,
     work: Slice,
     horizon: timedelta = DEFAULT_DEDUP_HORIZON,
     clock: Callable[[], datetime] = now_utc,
+    max_chunk: int = MAX_CHUNK_DELIVERIES,
 ) -> DedupStats:
     """Dedup one slice in one transaction, retried whole if a racing writer got there first.
 
+    The deliveries go through in chunks of whole pages, in delivery order.
+    That gives the same answer as all at once: an identity's collection time
+    is part of it, each chunk is judged against the samples stored for its
+    own times, and those include what earlier chunks of this transaction
+    stored, so a later chunk's re-delivery meets the first delivery as stored.
     The retry re-reads what is stored, so it inserts only what is still missing.
     """
     now = clock()
@@ -44,22 +56,43 @@ def dedup_slice(
 
     def dedup(connection: Connection) -> DedupStats:
         lock_samples(connection, source.source_id)
-        delivered = read_deliveries(connection, source.source_id, since, work.end)
-        return store_deliveries(connection, source.source_id, since, work.end, now, now - horizon, delivered)
+        total = DedupStats(0, 0, 0, 0)
+        for delivered in iter_deliveries(connection, source.source_id, since, work.end, max_chunk):
+            done = store_deliveries(connection, source.source_id, since, work.end, now, now - horizon, delivered)
+            total = total.plus(done)
+        return total
 
     return in_transaction_retrying_races(engine, dedup)
 
 
 def read_deliveries(connection: Connection, source_id: str, since: datetime, until: datetime) -> Delivered:
-    """Every delivery of [since, until), in delivery order, each instant from one fetch."""
+    """Every delivery of [since, until) at once, in delivery order (tests, small ranges)."""
+    chunks = list(iter_deliveries(connection, source_id, since, until, max_chunk=None))
+    return chunks[0] if chunks else DeliveredBuilder().build()
+
+
+def iter_deliveries(
+    connection: Connection, source_id: str, since: datetime, until: datetime, max_chunk: int | None
+) -> Iterator[Delivered]:
+    """The deliveries of [since, until) in delivery order, each instant from one fetch, in chunks of
+    whole pages of at least `max_chunk` deliveries (None: one chunk)."""
     claims, unclaimed = claim(since, until, snapshots.kept_fetches(connection, source_id, since, until))
     builder = DeliveredBuilder()
     for fetch_id, intervals in claims:
         for body in snapshots.fetch_bodies(connection, source_id, fetch_id):
             _add_page(builder, source_id, body, intervals)
+            if max_chunk is not None and builder.size >= max_chunk:
+                yield builder.build()
+                builder = DeliveredBuilder()
     if unclaimed:
-        builder.add_rows(snapshots.staged_deliveries(connection, source_id, unclaimed))
-    return builder.build()
+        rows = snapshots.staged_deliveries(connection, source_id, unclaimed)
+        while batch := list(islice(rows, max_chunk or 100_000)):
+            builder.add_rows(batch)
+            if max_chunk is not None and builder.size >= max_chunk:
+                yield builder.build()
+                builder = DeliveredBuilder()
+    if builder.size or max_chunk is None:
+        yield builder.build()
 
 
 def _add_page(builder: DeliveredBuilder, source_id: str, body: bytes, intervals: list[Interval]) -> None:

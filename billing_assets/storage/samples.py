@@ -22,7 +22,7 @@ values) and never billed.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from datetime import datetime
 
 import numpy as np
@@ -32,7 +32,7 @@ from billing_assets.core.dedup import Delivered, Samples, judge
 from billing_assets.storage import binary_copy
 from billing_assets.storage.bulk import bulk_insert, bulk_insert_new, copy_columns
 from billing_assets.storage.sql import typed
-from billing_assets.storage.times import micros_column, micros_params, time_param, time_select, epoch_micros_of
+from billing_assets.storage.times import epoch_micros_of, from_micros, micros_column, micros_params, time_param, time_select
 from billing_assets.storage.transactions import source_lock
 
 CONFLICT_REASON = "conflicting duplicate: same sample identity delivered with different totals; first delivery kept"
@@ -58,6 +58,9 @@ class DedupStats:
     def duplicates(self) -> int:
         return self.staged - self.inserted - self.beyond_horizon
 
+    def plus(self, other: "DedupStats") -> "DedupStats":
+        return DedupStats(*(mine + theirs for mine, theirs in zip(astuple(self), astuple(other))))
+
 
 def lock_samples(connection: Connection, source_id: str) -> None:
     source_lock(connection, "samples", source_id)
@@ -73,7 +76,7 @@ def store_deliveries(
     horizon_us = epoch_micros_of(horizon)
     series = _series_ids(connection, source_id, delivered, horizon_us)
     deliveries = Samples(series, delivered.at, delivered.uplink, delivered.downlink)
-    verdict = judge(deliveries, _stored(connection, source_id, since, until), horizon_us)
+    verdict = judge(deliveries, _stored_for(connection, source_id, since, until, delivered), horizon_us)
     inserted = _insert_samples(connection, source_id, delivered, series, verdict.new, now)
     conflicts = _quarantine(connection, source_id, since, now, delivered, verdict)
     return DedupStats(len(delivered), inserted, conflicts, verdict.beyond_horizon)
@@ -95,6 +98,15 @@ def _series_ids(connection: Connection, source_id: str, delivered: Delivered, ho
         known = {tuple(row[:4]): row[4] for row in connection.execute(_SERIES_OF_SOURCE, {"source_id": source_id})}
     ids = np.array([known.get(key, -1 - position) for position, key in enumerate(delivered.series_keys)], dtype=np.int64)
     return ids[delivered.key_index] if len(ids) else np.empty(0, dtype=np.int64)
+
+
+def _stored_for(connection: Connection, source_id: str, since: datetime, until: datetime, delivered: Delivered) -> Samples:
+    """The stored samples of the times these deliveries were collected at (a chunk of the range: its own span)."""
+    if not len(delivered):
+        return Samples.empty()
+    low = max(since, from_micros(int(delivered.at.min())))
+    high = min(until, from_micros(int(delivered.at.max()) + 1))
+    return _stored(connection, source_id, low, high)
 
 
 def _stored(connection: Connection, source_id: str, since: datetime, until: datetime) -> Samples:
