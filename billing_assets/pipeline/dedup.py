@@ -76,10 +76,11 @@ def iter_deliveries(
 ) -> Iterator[Delivered]:
     """The deliveries of [since, until) in delivery order, each instant from one fetch, in chunks of
     whole pages of at least `max_chunk` deliveries (None: one chunk)."""
-    claims, unclaimed = claim(since, until, snapshots.kept_fetches(connection, source_id, since, until))
+    fetches = {fetch.fetch_id: fetch for fetch in snapshots.kept_fetches(connection, source_id, since, until)}
+    claims, unclaimed = claim(since, until, list(fetches.values()))
     builder = DeliveredBuilder()
     for fetch_id, intervals in claims:
-        for body in snapshots.fetch_bodies(connection, source_id, fetch_id):
+        for body in snapshots.fetch_bodies(connection, source_id, fetches[fetch_id]):
             _add_page(builder, source_id, body, intervals)
             if max_chunk is not None and builder.size >= max_chunk:
                 yield builder.build()

@@ -73,13 +73,15 @@ def kept_fetches(connection: Connection, source_id: str, since: datetime, until:
     return [Fetch(fetch_id, fetch_since, fetch_until, int(last_id)) for fetch_id, fetch_since, fetch_until, last_id in rows]
 
 
-def fetch_bodies(connection: Connection, source_id: str, fetch_id: str) -> Iterator[bytes]:
+def fetch_bodies(connection: Connection, source_id: str, fetch: Fetch) -> Iterator[bytes]:
     """One fetch's page bodies as received, in page order, each checked against its sha256.
 
     One page at a time, so memory is one body, as it was when downloading.
+    The fetch's window start narrows the lookup to one (source_id, fetch_since)
+    index range and one day partition, not every page the source kept.
     """
     table = exporter_pages
-    where = (table.c.source_id == source_id, table.c.fetch_id == fetch_id)
+    where = (table.c.source_id == source_id, table.c.fetch_since == fetch.since, table.c.fetch_id == fetch.fetch_id)
     ids = connection.execute(select(table.c.id).where(*where).order_by(table.c.page_no)).scalars().all()
     for page_id in ids:
         data, encoding, sha256 = connection.execute(
