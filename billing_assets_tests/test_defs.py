@@ -30,7 +30,7 @@ BILLING_CHECKS = {  # partitioned like the billing assets
     "billing_ledger": {"ledger_matches_buckets"},
 }
 TABLES = {
-    "exporter_snapshots": "exporter_snapshot_rows", "usage_samples": "usage_samples",
+    "exporter_snapshots": "exporter_pages", "usage_samples": "usage_samples",  # pages kept as received (0012)
     "usage_minute_buckets": "usage_minute_buckets", "billing_ledger": "billing_ledger",
 }
 

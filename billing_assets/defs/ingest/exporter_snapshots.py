@@ -15,16 +15,16 @@ from billing_assets.storage import schema
     group_name="ingest",
     kinds={"python", "sql"},
     owners=OWNERS,
-    metadata=table_metadata(schema.exporter_snapshot_rows),
+    metadata=table_metadata(schema.exporter_pages),  # each page body as received (migration 0012)
 )
 def exporter_snapshots(context: dg.AssetExecutionContext, billing: BillingStore) -> dg.MaterializeResult:
-    """Every page the exporter returns for the window, staged as received.
+    """Every page the exporter returns for the window, kept as received (body, sha256, request).
 
     Each slice is re-read with a small overlap before its start so deliveries
     that were late for the previous window are picked up; the overlap costs
     nothing downstream because dedup drops what it has already seen. All pages
     of a slice land in one transaction with the source checkpoint, so a
-    failure mid-range stages nothing and the checkpoint never runs ahead.
+    failure mid-range keeps nothing and the checkpoint never runs ahead.
     """
     engine = billing.engine()
     results = run_each_slice(
