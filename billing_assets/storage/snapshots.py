@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 
-from sqlalchemy import Connection, delete, select
+from sqlalchemy import Connection, select
 
 from billing_assets.core.claims import Fetch, Interval
 from billing_assets.storage.bulk import bulk_insert
@@ -36,14 +36,6 @@ STAGED_COLUMNS = (
     "delivery_seq",
     "fetched_at",
 )
-
-
-def clear_staged(connection: Connection, source_id: str, since: datetime, until: datetime) -> int:
-    table = exporter_snapshot_rows
-    result = connection.execute(
-        delete(table).where(table.c.source_id == source_id, table.c.collected_at >= since, table.c.collected_at < until)
-    )
-    return result.rowcount or 0
 
 
 def stage_rows(connection: Connection, rows: Iterable[tuple]) -> int:
