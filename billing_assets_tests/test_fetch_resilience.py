@@ -114,3 +114,21 @@ def test_each_page_is_kept_as_received_with_its_sha256_and_request(one_source):
     assert sent_cursor is None
     with pytest.raises(ValueError, match="sha256"):
         received(bytes(rows[0]["body"]), rows[0]["body_encoding"], "0" * 64)
+
+
+def test_a_damaged_kept_page_fails_dedup_naming_the_source_and_writes_nothing(one_source):
+    from sqlalchemy import func, update
+
+    from billing_assets.pipeline.dedup import dedup_slice
+    from billing_assets.storage.schema import exporter_pages as pages
+    from billing_assets.storage.schema import usage_samples
+
+    env, _exporter, source, work = one_source
+    fetch_slice(env.engine, source, work, retry=FAST_RETRY)
+    with env.engine.begin() as connection:
+        last = connection.execute(select(func.max(pages.c.id))).scalar_one()
+        connection.execute(update(pages).where(pages.c.id == last).values(body_sha256="0" * 64))
+    with pytest.raises(SourceFetchError, match=r"source 's1': kept page of fetch [0-9a-f]{32}: page body does not match its recorded sha256"):
+        dedup_slice(env.engine, source, work)
+    with env.engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(usage_samples)).scalar_one() == 0, "nothing partial"

@@ -80,7 +80,7 @@ def iter_deliveries(
     claims, unclaimed = claim(since, until, list(fetches.values()))
     builder = DeliveredBuilder()
     for fetch_id, intervals in claims:
-        for body in snapshots.fetch_bodies(connection, source_id, fetches[fetch_id]):
+        for body in _kept_bodies(connection, source_id, fetches[fetch_id]):
             _add_page(builder, source_id, body, intervals)
             if max_chunk is not None and builder.size >= max_chunk:
                 yield builder.build()
@@ -94,6 +94,14 @@ def iter_deliveries(
                 builder = DeliveredBuilder()
     if builder.size or max_chunk is None:
         yield builder.build()
+
+
+def _kept_bodies(connection: Connection, source_id: str, fetch) -> Iterator[bytes]:
+    """A fetch's kept bodies; a damaged one fails the step naming the source and the fetch (nothing is written)."""
+    try:
+        yield from snapshots.fetch_bodies(connection, source_id, fetch)
+    except ValueError as error:
+        raise SourceFetchError(source_id, f"kept page of fetch {fetch.fetch_id}: {error}; re-fetch the window") from None
 
 
 def _add_page(builder: DeliveredBuilder, source_id: str, body: bytes, intervals: list[Interval]) -> None:

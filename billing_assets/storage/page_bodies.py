@@ -32,7 +32,10 @@ def received(data: bytes, encoding: str, sha256: str | None = None) -> bytes:
     """The body exactly as received; with `sha256`, refused unless it is that body."""
     if encoding != ENCODING:
         raise ValueError(f"page body in unknown encoding {encoding!r}")
-    body = zstandard.ZstdDecompressor().decompress(data)
+    try:
+        body = zstandard.ZstdDecompressor().decompress(data)
+    except zstandard.ZstdError as error:
+        raise ValueError(f"page body cannot be decompressed ({error})") from None
     if sha256 is not None and hashlib.sha256(body).hexdigest() != sha256:
         raise ValueError("page body does not match its recorded sha256")
     return body
