@@ -1,7 +1,8 @@
-"""PostgreSQL's set-based bucket statement gives the pure function's answers.
+"""PostgreSQL's bucket step gives the pure function's answers.
 
-`storage/buckets_in_database.py` restates the counter rule in SQL for speed;
-here both run on the same generated histories (resets, idle series, samples
+`storage/bucket_columns.py` reads the window as packed columns and derives
+buckets with the numpy rule per series id (`core.series_minutes`); here it
+and the pandas reference run on the same generated histories (resets, idle series, samples
 before the window and before billing_start, several emails per minute, stale
 and current stored buckets), on a real PostgreSQL, and must agree exactly on
 every bucket, on the figures the step reports, and on which rows it rewrites.
@@ -19,7 +20,7 @@ from sqlalchemy import select
 
 from billing_assets.core.buckets import BUCKET_COLUMNS, RELEASED_COLUMNS, SAMPLE_COLUMNS, derive_minute_usage
 from billing_assets.core.plausibility import DEFAULT_MAX_BYTES_PER_SECOND
-from billing_assets.storage.buckets_in_database import recompute_buckets
+from billing_assets.storage.bucket_columns import recompute_buckets
 from billing_assets.storage.engine import get_engine, migrate
 from billing_assets.storage.schema import usage_minute_buckets, usage_quarantine
 from billing_assets_tests.support.db import insert_samples

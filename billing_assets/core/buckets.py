@@ -7,7 +7,7 @@ window of every series (the baselines): without them the first sample of each
 series in the window would be charged in full.
 
 This function computes buckets on SQLite, and it is the reference the
-PostgreSQL statement (storage/buckets_in_database.py) is tested against.
+numpy rule PostgreSQL's step runs (core/series_minutes.py) is tested against.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """Bucket step: recompute a slice's minute buckets from samples, write changes.
 
-On PostgreSQL the database computes them (storage/buckets_in_database.py:
-no row transfer); on SQLite the pure pandas function does, on the rows read.
+On PostgreSQL the window's samples come out as packed columns and the numpy
+rule per series id derives them (storage/bucket_columns.py); on SQLite the
+pure pandas function does, on the rows read.
 
 Chunks keep memory bounded on long ranges: at most an hour, and fewer
 minutes when the source is dense enough that an hour would hold more than
@@ -26,7 +27,7 @@ from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.model import Source
 from billing_assets.storage import buckets as bucket_store
 from billing_assets.storage import quarantine
-from billing_assets.storage.buckets_in_database import Recomputed, recompute_buckets
+from billing_assets.storage.bucket_columns import Recomputed, recompute_buckets
 from billing_assets.storage.dialect import is_postgres
 from billing_assets.storage.transactions import source_lock
 

@@ -1,8 +1,8 @@
 """Reading the samples a bucket window needs, and writing only changed buckets.
 
 This is the bucket step's storage on SQLite, around the pure pandas function;
-PostgreSQL computes and writes buckets in one statement instead
-(storage/buckets_in_database.py, which also holds its LATERAL baseline seek).
+PostgreSQL derives them from packed columns instead
+(storage/bucket_columns.py, which also holds its LATERAL baseline seek).
 
 Buckets are a derived, replaceable view of the samples (keyed by the billing
 fact key), so they are upserted; the ledger, not this table, is the
