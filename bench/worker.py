@@ -121,6 +121,7 @@ def _profiled(job: dict) -> dict:
         return pipeline({**job, "profile": None})
     finally:
         profiler.stop()
+        Path(job["profile"]).parent.mkdir(parents=True, exist_ok=True)
         Path(f"{job['profile']}-{os.getpid()}.txt").write_text(profiler.output_text(unicode=False, show_all=False))
         profiler.last_session.save(f"{job['profile']}-{os.getpid()}.pyisession")
 

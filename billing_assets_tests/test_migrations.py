@@ -154,7 +154,8 @@ def test_upgrade_to_the_series_dictionary_keeps_every_sample_and_bills_nothing_t
                 "JOIN pg_class p ON p.oid = i.inhparent WHERE p.relname = 'usage_sample_rows'")).scalars()}
             assert homes == old_days, "the same day partitions, so pruning drops the same days"
             oldest = connection.execute(text(
-                "SELECT tableoid::regclass::text FROM usage_sample_rows WHERE source_id = 'mg-old' ORDER BY collected_at LIMIT 1"
+                "SELECT r.tableoid::regclass::text FROM usage_sample_rows r JOIN usage_series s ON s.series_id = r.series_id "
+                "WHERE s.source_id = 'mg-old' ORDER BY r.collected_at LIMIT 1"
             )).scalar_one()
             assert oldest == "usage_sample_rows_default"
 

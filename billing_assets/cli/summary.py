@@ -8,27 +8,26 @@ from sqlalchemy import Engine
 
 from billing_assets.core.pricing import nanos_to_amount
 from billing_assets.core.units import human_bytes  # noqa: F401 - the demo's table reads it from here
+from billing_assets.storage.source_series import in_source
 from billing_assets.storage.sql import typed
 
-_TOTALS = typed(
-    """
+_TOTALS = """
     SELECT
-      (SELECT COUNT(*) FROM usage_sample_rows WHERE source_id = :s AND collected_at >= :start AND collected_at < :end),
+      (SELECT COUNT(*) FROM usage_sample_rows WHERE {samples_of_source} AND collected_at >= :start AND collected_at < :end),
       (SELECT COUNT(*) FROM usage_minute_buckets WHERE source_id = :s AND bucket_start >= :start AND bucket_start < :end),
       (SELECT COALESCE(SUM(uplink_bytes + downlink_bytes), 0) FROM usage_minute_buckets
          WHERE source_id = :s AND bucket_start >= :start AND bucket_start < :end),
       (SELECT COUNT(*) FROM billing_ledger WHERE source_id = :s AND bucket_start >= :start AND bucket_start < :end),
       (SELECT COALESCE(SUM(amount_nanos), 0) FROM billing_ledger
          WHERE source_id = :s AND bucket_start >= :start AND bucket_start < :end)
-    """,
-    {"start": "ts", "end": "ts"},
-)
+    """
 
 
 def source_totals(engine: Engine, source_id: str, start: datetime, end: datetime) -> dict:
     with engine.connect() as connection:
+        statement = typed(_TOTALS.format(samples_of_source=in_source(connection, param="s")), {"start": "ts", "end": "ts"})
         samples, buckets, total_bytes, entries, nanos = connection.execute(
-            _TOTALS, {"s": source_id, "start": start, "end": end}
+            statement, {"s": source_id, "start": start, "end": end}
         ).one()
     return {
         "samples": int(samples),

@@ -35,6 +35,7 @@ from billing_assets.core.series_minutes import SeriesMinutes, SeriesSamples, der
 from billing_assets.storage import binary_copy, quarantine
 from billing_assets.storage.bulk import copy_columns
 from billing_assets.storage.schema import usage_minute_buckets
+from billing_assets.storage.source_series import in_source_sql
 from billing_assets.storage.sql import typed
 from billing_assets.storage.times import epoch_micros_of
 
@@ -61,7 +62,7 @@ WINDOW_COLUMNS = typed(
     FROM (
         SELECT series_id, collected_at, uplink_bytes_total, downlink_bytes_total, convert_to(email, 'UTF8') AS e
         FROM usage_sample_rows
-        WHERE source_id = :source_id AND collected_at >= :start AND collected_at < :end
+        WHERE {in_source_sql(True)} AND collected_at >= :start AND collected_at < :end
     ) w
     """,
     _RANGE,

@@ -21,6 +21,8 @@ from sqlalchemy import Connection
 from billing_assets.core.buckets import BUCKET_COLUMNS, BUCKET_KEY, SAMPLE_COLUMNS, SERIES
 from billing_assets.storage.schema import usage_minute_buckets
 from billing_assets.storage.bulk import bulk_upsert
+from billing_assets.storage.dialect import is_postgres
+from billing_assets.storage.source_series import in_source_sql
 from billing_assets.storage.sql import read_frame, typed
 from billing_assets.storage.times import time_column, time_param, time_select
 
@@ -33,7 +35,7 @@ WINDOW_SAMPLES = """
     SELECT {columns}
     FROM usage_sample_rows s
     JOIN usage_series d ON d.series_id = s.series_id
-    WHERE s.source_id = :source_id AND s.collected_at >= :start AND s.collected_at < :end
+    WHERE {samples_of_source} AND s.collected_at >= :start AND s.collected_at < :end
 """
 
 # One query for every series' last sample before the window: an index seek per
@@ -42,7 +44,7 @@ BASELINES = """
     SELECT {columns}
     FROM (
         SELECT DISTINCT series_id FROM usage_sample_rows
-        WHERE source_id = :source_id AND collected_at >= :start AND collected_at < :end
+        WHERE {series_of_source} AND collected_at >= :start AND collected_at < :end
     ) w
     JOIN usage_sample_rows s
       ON s.series_id = w.series_id
@@ -65,33 +67,33 @@ _RANGE_PARAMS = {"start": "ts", "end": "ts"}
 
 
 @lru_cache(maxsize=None)
-def _statements(time_sql: str) -> dict:
+def _statements(time_sql: str, postgres: bool) -> dict:
     """Statements with each time column read in the dialect's bulk-parsable form."""
     columns = _SAMPLE_SELECT.format(
         **{name: f"{'d' if name in _SERIES_COLUMNS else 's'}.{name}" for name in SAMPLE_COLUMNS if name != "collected_at"},
         collected_at=time_sql.format(column="s.collected_at"),
     )
+    window = WINDOW_SAMPLES.format(columns=columns, samples_of_source=in_source_sql(postgres, "s.series_id"))
+    baselines = BASELINES.format(columns=columns, series_of_source=in_source_sql(postgres))
     return {
-        "window": typed(WINDOW_SAMPLES.format(columns=columns), _RANGE_PARAMS),
-        "baselines": typed(BASELINES.format(columns=columns), _RANGE_PARAMS),
+        "window": typed(window, _RANGE_PARAMS),
+        "baselines": typed(baselines, _RANGE_PARAMS),
         "existing": typed(EXISTING_BUCKETS.format(bucket_start=time_sql.format(column="b.bucket_start")), _RANGE_PARAMS),
+        "count": typed(COUNT_SAMPLES.format(series_of_source=in_source_sql(postgres)), _RANGE_PARAMS),
     }
 
 
 def statements(connection: Connection) -> dict:
-    return _statements(time_select(connection, "{column}"))
+    return _statements(time_select(connection, "{column}"), is_postgres(connection))
 
 
-COUNT_SAMPLES = typed(
-    "SELECT COUNT(*) FROM usage_sample_rows WHERE source_id = :source_id AND collected_at >= :start AND collected_at < :end",
-    _RANGE_PARAMS,
-)
+COUNT_SAMPLES = "SELECT COUNT(*) FROM usage_sample_rows WHERE {series_of_source} AND collected_at >= :start AND collected_at < :end"
 
 
 def count_samples(connection: Connection, source_id: str, start: datetime, end: datetime) -> int:
-    """Samples stored for [start, end): sizes bucket chunks (an index-only range count)."""
+    """Samples stored for [start, end): sizes bucket chunks (an index-only range count per series)."""
     params = {"source_id": source_id, "start": start, "end": end}
-    return int(connection.execute(COUNT_SAMPLES, params).scalar_one())
+    return int(connection.execute(statements(connection)["count"], params).scalar_one())
 
 
 def load_window(connection: Connection, source_id: str, start: datetime, end: datetime) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -11,6 +11,7 @@ from datetime import datetime
 from sqlalchemy import Connection
 
 from billing_assets.storage.dialect import is_postgres
+from billing_assets.storage.source_series import in_source
 from billing_assets.storage.sql import typed
 
 _RANGE = "source_id = :source_id AND {column} >= :start AND {column} < :end"
@@ -28,11 +29,11 @@ def _grouped(connection: Connection, sql: str, params: dict, width: int) -> dict
 
 def stored_samples(connection: Connection, source_id: str, start: datetime, end: datetime) -> dict[datetime, int]:
     """Samples kept per minute of [start, end): read from `usage_sample_rows`, the table behind the
-    `usage_samples` view, whose (source_id, collected_at) index answers it without the series join."""
+    `usage_samples` view, by its primary key per series of the source (storage/source_series.py)."""
     minute = _minute_of(connection, "collected_at")
     sql = f"""
         SELECT {minute} AS minute, COUNT(*) AS v0 FROM usage_sample_rows
-        WHERE {_RANGE.format(column="collected_at")} GROUP BY {minute}
+        WHERE {in_source(connection)} AND collected_at >= :start AND collected_at < :end GROUP BY {minute}
     """
     rows = _grouped(connection, sql, {"source_id": source_id, "start": start, "end": end}, 1)
     return {key: values[0] for key, values in rows.items()}

@@ -31,6 +31,7 @@ from sqlalchemy import Connection
 from billing_assets.core.dedup import Delivered, Samples, judge
 from billing_assets.storage import binary_copy
 from billing_assets.storage.bulk import bulk_insert, bulk_insert_new, copy_columns
+from billing_assets.storage.source_series import in_source
 from billing_assets.storage.sql import typed
 from billing_assets.storage.times import epoch_micros_of, from_micros, micros_column, micros_params, time_param, time_select
 from billing_assets.storage.transactions import source_lock
@@ -110,11 +111,11 @@ def _stored_for(connection: Connection, source_id: str, since: datetime, until: 
 
 
 def _stored(connection: Connection, source_id: str, since: datetime, until: datetime) -> Samples:
-    """The samples stored for the source's [since, until): one range scan of (source_id, collected_at)."""
+    """The samples stored for the source's [since, until): a primary-key range per series of the source."""
     statement = typed(
         f"""
         SELECT series_id, {time_select(connection, 'collected_at')}, uplink_bytes_total, downlink_bytes_total
-        FROM usage_sample_rows WHERE source_id = :source_id AND collected_at >= :since AND collected_at < :until
+        FROM usage_sample_rows WHERE {in_source(connection)} AND collected_at >= :since AND collected_at < :until
         """,
         {"since": "ts", "until": "ts"},
     )
@@ -135,7 +136,6 @@ def _insert_samples(connection: Connection, source_id: str, delivered: Delivered
     return copy_columns(connection, "usage_sample_rows", {
         "series_id": binary_copy.int4(series[new]),
         "collected_at": binary_copy.timestamptz(delivered.at[new]),
-        "source_id": binary_copy.text([source_id] * len(new)),
         "email": binary_copy.text([emails[position] for position in new.tolist()]),
         "uplink_bytes_total": binary_copy.int8(delivered.uplink[new]),
         "downlink_bytes_total": binary_copy.int8(delivered.downlink[new]),

@@ -93,25 +93,22 @@ usage_series = Table(
 )
 
 # The deduplicated samples as stored: the first delivery of each sample
-# identity, which is exactly one row per (series_id, collected_at).
-# `source_id` is kept (denormalised from the series) because every step reads
-# one source's time range: the (source_id, collected_at) index makes that one
-# range scan in heap order, which the planner picks by itself; without it the
-# same read is one primary-key descent per series, as fast only when the
-# planner is forced away from scanning every source's rows of those days
-# (bench/RESULTS.md, round 7). No foreign key to usage_series: dedup, the one
-# writer, takes the ids from the dictionary in the same transaction, and a
-# foreign key would add a trigger and an index probe per inserted sample.
-# Other services read the contract columns through the `usage_samples` view.
+# identity, which is exactly one row per (series_id, collected_at). A source's
+# time range is read as one primary-key range per series of the source, the
+# series named by the dictionary (storage/source_series.py); the row has no
+# `source_id` and no second index, which cost ~0.45 s of server CPU per
+# source-hour taken in (migration 0013, bench/RESULTS.md round 12). No foreign
+# key to usage_series: dedup, the one writer, takes the ids from the
+# dictionary in the same transaction, and a foreign key would add a trigger
+# and an index probe per inserted sample. Other services read the contract
+# columns, `source_id` included, through the `usage_samples` view.
 usage_sample_rows = Table(
     "usage_sample_rows",
     metadata,
     Column("series_id", Integer, primary_key=True, autoincrement=False),
     Column("collected_at", UTCDateTime, primary_key=True),
-    Column("source_id", ID, nullable=False),
     *totals(),
     Column("ingested_at", UTCDateTime, nullable=False),
-    Index("ix_usage_sample_rows_source_time", "source_id", "collected_at"),
 )
 
 # Dual-read only: what /v1/snapshots/latest returned, kept to compare with the
