@@ -8,7 +8,7 @@ from sqlalchemy import Engine
 
 from billing_assets.core.pricing import nanos_to_amount
 from billing_assets.core.units import human_bytes  # noqa: F401 - the demo's table reads it from here
-from billing_assets.storage.source_series import in_source
+from billing_assets.storage.source_series import in_source, with_series
 from billing_assets.storage.sql import typed
 
 _TOTALS = """
@@ -27,7 +27,7 @@ def source_totals(engine: Engine, source_id: str, start: datetime, end: datetime
     with engine.connect() as connection:
         statement = typed(_TOTALS.format(samples_of_source=in_source(connection, param="s")), {"start": "ts", "end": "ts"})
         samples, buckets, total_bytes, entries, nanos = connection.execute(
-            statement, {"s": source_id, "start": start, "end": end}
+            statement, with_series(connection, {"s": source_id, "start": start, "end": end}, param="s")
         ).one()
     return {
         "samples": int(samples),

@@ -84,9 +84,9 @@ BASELINE_COLUMNS = typed(
     {"start": "ts"},
 )
 
-SERIES_KEYS = typed(
-    "SELECT series_id, node_id, env, uuid, inbound_tag FROM usage_series WHERE series_id = ANY(CAST(:series_ids AS integer[]))"
-)
+# Every series of the source: its ids bound for the window read (storage/source_series.py), its
+# contract columns for the buckets written.
+SERIES_OF_SOURCE = typed("SELECT series_id, node_id, env, uuid, inbound_tag FROM usage_series WHERE source_id = :source_id")
 
 RELEASED = typed(
     """
@@ -162,9 +162,9 @@ def recompute_buckets(
     """Recompute [start, end) of one source's buckets and holds, writing the changed ones (PostgreSQL only)."""
     params = {"source_id": source_id, "start": start, "end": end}
     connection.exec_driver_sql("SET LOCAL max_parallel_workers_per_gather = 0")
-    window = _read_window(connection, params)
+    keys = _series_keys(connection, source_id)
+    window = _read_window(connection, {**params, "series_ids": keys.index.tolist()})
     series_ids = np.unique(window.samples.series_id)
-    keys = _series_keys(connection, series_ids)
     baselines = _read_baselines(connection, series_ids, start) if len(series_ids) else SeriesSamples.empty()
     released = _released(connection, params)
     usage = derive_series_minutes(window.samples, baselines, epoch_micros_of(billing_start), max_bytes_per_second, released)
@@ -207,9 +207,9 @@ def _read_baselines(connection: Connection, series_ids: np.ndarray, start: datet
     return _samples(fixed)
 
 
-def _series_keys(connection: Connection, series_ids: np.ndarray) -> pd.DataFrame:
-    """The contract columns of each series, indexed by series_id."""
-    rows = connection.execute(SERIES_KEYS, {"series_ids": series_ids.tolist()}).all()
+def _series_keys(connection: Connection, source_id: str) -> pd.DataFrame:
+    """The contract columns of each series of the source, indexed by series_id."""
+    rows = connection.execute(SERIES_OF_SOURCE, {"source_id": source_id}).all()
     return pd.DataFrame(rows, columns=["series_id", *_SERIES]).set_index("series_id")
 
 

@@ -22,7 +22,7 @@ from billing_assets.core.buckets import BUCKET_COLUMNS, BUCKET_KEY, SAMPLE_COLUM
 from billing_assets.storage.schema import usage_minute_buckets
 from billing_assets.storage.bulk import bulk_upsert
 from billing_assets.storage.dialect import is_postgres
-from billing_assets.storage.source_series import in_source_sql
+from billing_assets.storage.source_series import in_source_sql, with_series
 from billing_assets.storage.sql import read_frame, typed
 from billing_assets.storage.times import time_column, time_param, time_select
 
@@ -92,12 +92,12 @@ COUNT_SAMPLES = "SELECT COUNT(*) FROM usage_sample_rows WHERE {series_of_source}
 
 def count_samples(connection: Connection, source_id: str, start: datetime, end: datetime) -> int:
     """Samples stored for [start, end): sizes bucket chunks (an index-only range count per series)."""
-    params = {"source_id": source_id, "start": start, "end": end}
+    params = with_series(connection, {"source_id": source_id, "start": start, "end": end})
     return int(connection.execute(statements(connection)["count"], params).scalar_one())
 
 
 def load_window(connection: Connection, source_id: str, start: datetime, end: datetime) -> tuple[pd.DataFrame, pd.DataFrame]:
-    params = {"source_id": source_id, "start": start, "end": end}
+    params = with_series(connection, {"source_id": source_id, "start": start, "end": end})
     sql = statements(connection)
     samples = read_frame(connection, sql["window"], params, SAMPLE_COLUMNS, times=["collected_at"])
     if samples.empty:

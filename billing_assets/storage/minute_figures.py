@@ -11,7 +11,7 @@ from datetime import datetime
 from sqlalchemy import Connection
 
 from billing_assets.storage.dialect import is_postgres
-from billing_assets.storage.source_series import in_source
+from billing_assets.storage.source_series import in_source, with_series
 from billing_assets.storage.sql import typed
 
 _RANGE = "source_id = :source_id AND {column} >= :start AND {column} < :end"
@@ -35,7 +35,7 @@ def stored_samples(connection: Connection, source_id: str, start: datetime, end:
         SELECT {minute} AS minute, COUNT(*) AS v0 FROM usage_sample_rows
         WHERE {in_source(connection)} AND collected_at >= :start AND collected_at < :end GROUP BY {minute}
     """
-    rows = _grouped(connection, sql, {"source_id": source_id, "start": start, "end": end}, 1)
+    rows = _grouped(connection, sql, with_series(connection, {"source_id": source_id, "start": start, "end": end}), 1)
     return {key: values[0] for key, values in rows.items()}
 
 

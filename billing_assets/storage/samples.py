@@ -31,7 +31,7 @@ from sqlalchemy import Connection
 from billing_assets.core.dedup import Delivered, Samples, judge
 from billing_assets.storage import binary_copy
 from billing_assets.storage.bulk import bulk_insert, bulk_insert_new, copy_columns
-from billing_assets.storage.source_series import in_source
+from billing_assets.storage.source_series import in_source, with_series
 from billing_assets.storage.sql import typed
 from billing_assets.storage.times import epoch_micros_of, from_micros, micros_column, micros_params, time_param, time_select
 from billing_assets.storage.transactions import source_lock
@@ -119,7 +119,7 @@ def _stored(connection: Connection, source_id: str, since: datetime, until: date
         """,
         {"since": "ts", "until": "ts"},
     )
-    result = connection.execute(statement, {"source_id": source_id, "since": since, "until": until})
+    result = connection.execute(statement, with_series(connection, {"source_id": source_id, "since": since, "until": until}))
     rows = result.cursor.fetchall() if result.cursor is not None else []
     result.close()
     if not rows:
