@@ -24,7 +24,7 @@ from billing_assets.storage.bucket_columns import recompute_buckets
 from billing_assets.storage.engine import get_engine, migrate
 from billing_assets.storage.schema import usage_minute_buckets, usage_quarantine
 from billing_assets_tests.support.db import insert_samples
-from billing_assets_tests.support.histories import counter_histories
+from billing_assets_tests.support.histories import counter_histories, sample_frame, sample_rows, window_and_baselines
 
 pytestmark = pytest.mark.postgres
 
@@ -41,28 +41,12 @@ def pg_engine(postgres_server):
 
 def histories():
     """Sample rows (SAMPLE_COLUMNS order) of a few series over six minutes; emails change now and then."""
-    return counter_histories(T0, tags=("vless-in", "trojan-in"), max_growth=10**12, per_series=14).map(
-        lambda rows: [
-            ("node-1", "prod", uuid, tag, at, f"{uuid}{variant}@example.test", up, down)
-            for uuid, tag, at, up, down, variant in rows
-        ]
-    )
-
-
-def frame(rows) -> pd.DataFrame:
-    data = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
-    data["collected_at"] = pd.to_datetime(data["collected_at"], utc=True)
-    return data
+    return counter_histories(T0, tags=("vless-in", "trojan-in"), max_growth=10**12, per_series=14).map(sample_rows)
 
 
 def pure_answer(rows, start, end, billing_start, rate=None, released=None):
-    inside = [r for r in rows if start <= r[4] < end]
-    series_inside = {r[:4] for r in inside}
-    last_before: dict[tuple, tuple] = {}
-    for row in sorted(rows, key=lambda r: r[4]):
-        if row[4] < start and row[:4] in series_inside:
-            last_before[row[:4]] = row
-    return derive_minute_usage(frame(inside), frame(list(last_before.values())), billing_start, rate, released)
+    inside, before = window_and_baselines(rows, start, end)
+    return derive_minute_usage(sample_frame(inside), sample_frame(before), billing_start, rate, released)
 
 
 def hold_keys(held) -> set:

@@ -18,19 +18,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from billing_assets.core.buckets import RELEASED_COLUMNS, SAMPLE_COLUMNS, derive_minute_usage
+from billing_assets.core.buckets import RELEASED_COLUMNS, derive_minute_usage
 from billing_assets.core.series_minutes import SeriesSamples, derive_series_minutes
 from billing_assets.storage.times import epoch_micros, epoch_micros_of
-from billing_assets_tests.support.histories import counter_histories
+from billing_assets_tests.support.histories import counter_histories, sample_frame, sample_rows, window_and_baselines
 
 T0 = datetime(2026, 11, 21, 10, 0, tzinfo=timezone.utc)
 SERIES_IDS = {("a", "in-1"): 7, ("a", "in-2"): 3, ("b", "in-1"): 12, ("b", "in-2"): 5, ("c", "in-1"): 1, ("c", "in-2"): 40}
-
-
-def frame(rows) -> pd.DataFrame:
-    data = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
-    data["collected_at"] = pd.to_datetime(data["collected_at"], utc=True)
-    return data
 
 
 def columns(rows) -> SeriesSamples:
@@ -40,16 +34,6 @@ def columns(rows) -> SeriesSamples:
         np.array([r[6] for r in rows], dtype=np.int64),
         np.array([r[7] for r in rows], dtype=np.int64),
     )
-
-
-def split(rows, start, end):
-    inside = [r for r in rows if start <= r[4] < end]
-    series_inside = {r[:4] for r in inside}
-    last_before: dict[tuple, tuple] = {}
-    for row in sorted(rows, key=lambda r: r[4]):
-        if row[4] < start and row[:4] in series_inside:
-            last_before[row[:4]] = row
-    return inside, list(last_before.values())
 
 
 @settings(max_examples=300, deadline=None)
@@ -63,16 +47,16 @@ def split(rows, start, end):
     st.randoms(use_true_random=False),
 )
 def test_per_series_rule_equals_the_pandas_reference(history, first_minute, minutes, billing_offset_s, rate, releases, shuffle):
-    rows = [("node-1", "prod", uuid, tag, at, f"{uuid}{variant}@example.test", up, down) for uuid, tag, at, up, down, variant in history]
+    rows = sample_rows(history)
     start = T0 + timedelta(minutes=first_minute)
     end = start + timedelta(minutes=minutes)
     billing_start = T0 + timedelta(seconds=billing_offset_s)
-    inside, before = split(rows, start, end)
+    inside, before = window_and_baselines(rows, start, end)
     shuffle.shuffle(inside)
 
-    unreleased = derive_minute_usage(frame(inside), frame(before), billing_start, rate).held
+    unreleased = derive_minute_usage(sample_frame(inside), sample_frame(before), billing_start, rate).held
     released = unreleased.loc[[i < len(releases) and releases[i] for i in range(len(unreleased))]][RELEASED_COLUMNS]
-    expected = derive_minute_usage(frame(inside), frame(before), billing_start, rate, released)
+    expected = derive_minute_usage(sample_frame(inside), sample_frame(before), billing_start, rate, released)
     release_keys = {
         (SERIES_IDS[(r.uuid, r.inbound_tag)], epoch_micros_of(r.collected_at.to_pydatetime()), int(r.held_uplink_bytes), int(r.held_downlink_bytes))
         for r in released.itertuples()

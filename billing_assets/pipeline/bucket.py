@@ -6,8 +6,8 @@ pure pandas function does, on the rows read.
 
 Chunks keep memory bounded on long ranges: at most an hour, and fewer
 minutes when the source is dense enough that an hour would hold more than
-`MAX_CHUNK_SAMPLES` samples (10,000 users at 15 s are 3.6 M samples an hour,
-several GiB as a DataFrame). Each chunk is its own transaction, which is safe
+the dialect's budget of samples (10,000 users at 15 s are 3.6 M samples an
+hour, several GiB as a DataFrame; ~60 B a sample as PostgreSQL's columns). Each chunk is its own transaction, which is safe
 because bucket writes are idempotent upserts of values derived only from
 stored samples.
 """
@@ -32,7 +32,11 @@ from billing_assets.storage.dialect import is_postgres
 from billing_assets.storage.transactions import source_lock
 
 CHUNK = timedelta(hours=1)
-MAX_CHUNK_SAMPLES = 200_000  # sized by the memory preset (bench/RESULTS.md, round 3)
+MAX_CHUNK_SAMPLES = 200_000  # the pandas path (SQLite), sized by the memory preset (bench/RESULTS.md, round 3)
+# PostgreSQL's column path holds ~60 B a sample (four int64 columns, the email bytes and their
+# offsets) and pays a primary-key descent per series of the source once per chunk: at 200 k a
+# 10,000-user source read its 15,000 series 108 times over 6 hours (round 12).
+MAX_CHUNK_SAMPLES_COLUMNS = 1_000_000
 
 
 def chunk_for(rows: int, work: Slice, longest: timedelta, budget: int) -> timedelta:
@@ -59,14 +63,15 @@ def bucket_slice(
     work: Slice,
     clock: Callable[[], datetime] = now_utc,
     chunk: timedelta = CHUNK,
-    max_samples: int = MAX_CHUNK_SAMPLES,
+    max_samples: int | None = None,
     progress: Progress | None = None,
 ) -> BucketStats:
     stats = BucketStats()
     if work.end - work.start > MINUTE:
         with engine.connect() as connection:
             stored = bucket_store.count_samples(connection, source.source_id, work.start, work.end)
-        chunk = chunk_for(stored, work, chunk, max_samples)
+        budget = max_samples or (MAX_CHUNK_SAMPLES_COLUMNS if engine.dialect.name == "postgresql" else MAX_CHUNK_SAMPLES)
+        chunk = chunk_for(stored, work, chunk, budget)
     for part in work.chunks(chunk):
         with engine.begin() as connection:
             source_lock(connection, "buckets", source.source_id)

@@ -29,3 +29,30 @@ def counter_histories(draw, start: datetime, tags=("tag",), max_growth: int = 10
             at = start + timedelta(seconds=second, microseconds=draw(st.integers(0, 999_999)))
             rows.append((uuid, tag, at, up, down, draw(st.integers(0, 2))))
     return rows
+
+
+def sample_rows(history) -> list[tuple]:
+    """A `counter_histories` draw as sample rows in SAMPLE_COLUMNS order (the email varies with `variant`)."""
+    return [("node-1", "prod", uuid, tag, at, f"{uuid}{variant}@example.test", up, down) for uuid, tag, at, up, down, variant in history]
+
+
+def window_and_baselines(rows, start, end) -> tuple[list[tuple], list[tuple]]:
+    """Sample rows (SAMPLE_COLUMNS order) inside [start, end), and each such series' last row before start."""
+    inside = [r for r in rows if start <= r[4] < end]
+    series_inside = {r[:4] for r in inside}
+    last_before: dict[tuple, tuple] = {}
+    for row in sorted(rows, key=lambda r: r[4]):
+        if row[4] < start and row[:4] in series_inside:
+            last_before[row[:4]] = row
+    return inside, list(last_before.values())
+
+
+def sample_frame(rows):
+    """Sample rows as the DataFrame `core.buckets.derive_minute_usage` takes."""
+    import pandas as pd
+
+    from billing_assets.core.buckets import SAMPLE_COLUMNS
+
+    data = pd.DataFrame(rows, columns=SAMPLE_COLUMNS)
+    data["collected_at"] = pd.to_datetime(data["collected_at"], utc=True)
+    return data
