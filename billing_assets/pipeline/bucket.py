@@ -33,10 +33,11 @@ from billing_assets.storage.transactions import source_lock
 
 CHUNK = timedelta(hours=1)
 MAX_CHUNK_SAMPLES = 200_000  # the pandas path (SQLite), sized by the memory preset (bench/RESULTS.md, round 3)
-# PostgreSQL's column path holds ~60 B a sample (four int64 columns, the email bytes and their
-# offsets) and pays a primary-key descent per series of the source once per chunk: at 200 k a
-# 10,000-user source read its 15,000 series 108 times over 6 hours (round 12).
-MAX_CHUNK_SAMPLES_COLUMNS = 1_000_000
+# PostgreSQL's column path pays a primary-key descent per series of the source once per chunk: at
+# 200 k a 10,000-user source read its 15,000 series 108 times over 6 hours (bucket 118 s of the
+# memory preset). It holds ~300 B a sample at its peak (the packed result, its decoded columns,
+# the sort): 1 M took the preset's peak RSS from 474 to 639 MiB for a 57.5 s bucket step (round 12).
+MAX_CHUNK_SAMPLES_COLUMNS = 500_000
 
 
 def chunk_for(rows: int, work: Slice, longest: timedelta, budget: int) -> timedelta:
