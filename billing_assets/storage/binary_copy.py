@@ -31,8 +31,8 @@ _INT32 = (-(2**31), 2**31 - 1)
 _INT64 = (-(2**63), 2**63 - 1)
 # PostgreSQL counts timestamps from 2000-01-01 and rejects them before 4714-11-24 BC;
 # checking that bound also keeps the epoch shift from wrapping around in int64.
-_PG_EPOCH_MICROS = 946_684_800_000_000
-_PG_MIN_MICROS = -211_813_488_000_000_000 + _PG_EPOCH_MICROS
+PG_EPOCH_MICROS = 946_684_800_000_000
+_PG_MIN_MICROS = -211_813_488_000_000_000 + PG_EPOCH_MICROS
 _NUMERIC_NEGATIVE = 0x4000
 _WIDTHS = {"int4": 4, "int8": 8, "timestamptz": 8}
 _NULL = np.frombuffer(b"\xff\xff\xff\xff", dtype=np.uint8)
@@ -141,7 +141,7 @@ def _fixed_bytes(column: Column, start: int, stop: int) -> np.ndarray:
     elif column.kind == "int8":
         data = values.astype(">i8")[:, None]
     elif column.kind == "timestamptz":
-        data = (values - _PG_EPOCH_MICROS).astype(">i8")[:, None]
+        data = (values - PG_EPOCH_MICROS).astype(">i8")[:, None]
     else:
         data = _numeric_words(values, column.scale).astype(">u2")
     data = np.ascontiguousarray(data).view(np.uint8).reshape(len(values), -1)

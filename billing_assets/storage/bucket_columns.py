@@ -41,7 +41,6 @@ from billing_assets.storage.times import epoch_micros_of
 
 _SERIES = ("node_id", "env", "uuid", "inbound_tag")
 _WRITTEN = (*_SERIES, "bucket_start", "source_id", "email", "uplink_bytes", "downlink_bytes", "sample_count", "updated_at")
-_PG_EPOCH_US = 946_684_800_000_000  # timestamptz_send counts microseconds from 2000-01-01
 _RANGE = {"start": "ts", "end": "ts"}
 
 
@@ -189,7 +188,8 @@ def _column(packed: bytes | None, dtype: str) -> np.ndarray:
 
 def _samples(row) -> SeriesSamples:
     series_id, at, up, down = row
-    return SeriesSamples(_column(series_id, ">i4"), _column(at, ">i8") + _PG_EPOCH_US, _column(up, ">i8"), _column(down, ">i8"))
+    at_us = _column(at, ">i8") + binary_copy.PG_EPOCH_MICROS  # timestamptz_send counts from 2000-01-01
+    return SeriesSamples(_column(series_id, ">i4"), at_us, _column(up, ">i8"), _column(down, ">i8"))
 
 
 def _read_window(connection: Connection, params: dict) -> _Window:
