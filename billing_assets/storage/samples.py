@@ -75,16 +75,16 @@ def store_deliveries(
     The caller holds `lock_samples` for the source, taken before it read what it delivers here.
     """
     horizon_us = epoch_micros_of(horizon)
-    series = _series_ids(connection, source_id, delivered, horizon_us)
+    series, source_series = _series_ids(connection, source_id, delivered, horizon_us)
     deliveries = Samples(series, delivered.at, delivered.uplink, delivered.downlink)
-    verdict = judge(deliveries, _stored_for(connection, source_id, since, until, delivered), horizon_us)
+    verdict = judge(deliveries, _stored_for(connection, source_id, source_series, since, until, delivered), horizon_us)
     inserted = _insert_samples(connection, source_id, delivered, series, verdict.new, now)
     conflicts = _quarantine(connection, source_id, since, now, delivered, verdict)
     return DedupStats(len(delivered), inserted, conflicts, verdict.beyond_horizon)
 
 
-def _series_ids(connection: Connection, source_id: str, delivered: Delivered, horizon_us: int) -> np.ndarray:
-    """Each delivery's series id; series first delivered inside the horizon are added.
+def _series_ids(connection: Connection, source_id: str, delivered: Delivered, horizon_us: int) -> tuple[np.ndarray, list[int]]:
+    """Each delivery's series id, and every series id of the source; series first delivered inside the horizon are added.
 
     A series delivered only before the horizon gets a negative stand-in (never
     stored, never equal to a stored sample's id): its deliveries can be neither
@@ -98,19 +98,21 @@ def _series_ids(connection: Connection, source_id: str, delivered: Delivered, ho
         bulk_insert(connection, "usage_series", SERIES_COLUMNS, ((source_id, *key) for key in missing))
         known = {tuple(row[:4]): row[4] for row in connection.execute(_SERIES_OF_SOURCE, {"source_id": source_id})}
     ids = np.array([known.get(key, -1 - position) for position, key in enumerate(delivered.series_keys)], dtype=np.int64)
-    return ids[delivered.key_index] if len(ids) else np.empty(0, dtype=np.int64)
+    return (ids[delivered.key_index] if len(ids) else np.empty(0, dtype=np.int64)), list(known.values())
 
 
-def _stored_for(connection: Connection, source_id: str, since: datetime, until: datetime, delivered: Delivered) -> Samples:
+def _stored_for(
+    connection: Connection, source_id: str, source_series: list[int], since: datetime, until: datetime, delivered: Delivered
+) -> Samples:
     """The stored samples of the times these deliveries were collected at (a chunk of the range: its own span)."""
     if not len(delivered):
         return Samples.empty()
     low = max(since, from_micros(int(delivered.at.min())))
     high = min(until, from_micros(int(delivered.at.max()) + 1))
-    return _stored(connection, source_id, low, high)
+    return _stored(connection, source_id, source_series, low, high)
 
 
-def _stored(connection: Connection, source_id: str, since: datetime, until: datetime) -> Samples:
+def _stored(connection: Connection, source_id: str, source_series: list[int], since: datetime, until: datetime) -> Samples:
     """The samples stored for the source's [since, until): a primary-key range per series of the source."""
     statement = typed(
         f"""
@@ -119,7 +121,8 @@ def _stored(connection: Connection, source_id: str, since: datetime, until: date
         """,
         {"since": "ts", "until": "ts"},
     )
-    result = connection.execute(statement, with_series(connection, {"source_id": source_id, "since": since, "until": until}))
+    params = {"source_id": source_id, "since": since, "until": until}
+    result = connection.execute(statement, with_series(connection, params, ids=source_series))
     rows = result.cursor.fetchall() if result.cursor is not None else []
     result.close()
     if not rows:

@@ -45,8 +45,11 @@ def series_ids(connection: Connection, source_id: str) -> list[int]:
     return list(connection.execute(text(_OF_SOURCE.format(param="source_id")), {"source_id": source_id}).scalars())
 
 
-def with_series(connection: Connection, params: dict, param: str = "source_id") -> dict:
-    """`params` plus what `in_source` needs bound on this dialect (nothing extra on SQLite)."""
+def with_series(connection: Connection, params: dict, param: str = "source_id", ids: list[int] | None = None) -> dict:
+    """`params` plus what `in_source` needs bound on this dialect (nothing extra on SQLite).
+
+    `ids`: the source's series ids, when the caller has just read the dictionary itself.
+    """
     if not is_postgres(connection):
         return params
-    return {**params, "series_ids": series_ids(connection, params[param])}
+    return {**params, "series_ids": series_ids(connection, params[param]) if ids is None else list(ids)}
