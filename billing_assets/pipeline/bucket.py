@@ -7,8 +7,8 @@ pure pandas function does, on the rows read.
 Chunks keep memory bounded on long ranges: at most an hour, and fewer
 minutes when the source is dense enough that an hour would hold more than
 the dialect's budget of samples (10,000 users at 15 s are 3.6 M samples an
-hour, several GiB as a DataFrame; ~60 B a sample as PostgreSQL's columns). Each chunk is its own transaction, which is safe
-because bucket writes are idempotent upserts of values derived only from
+hour, several GiB as a DataFrame). Each chunk is its own transaction, which
+is safe because bucket writes are idempotent upserts of values derived only from
 stored samples.
 """
 
@@ -71,7 +71,7 @@ def bucket_slice(
     if work.end - work.start > MINUTE:
         with engine.connect() as connection:
             stored = bucket_store.count_samples(connection, source.source_id, work.start, work.end)
-        budget = max_samples or (MAX_CHUNK_SAMPLES_COLUMNS if engine.dialect.name == "postgresql" else MAX_CHUNK_SAMPLES)
+            budget = max_samples or (MAX_CHUNK_SAMPLES_COLUMNS if is_postgres(connection) else MAX_CHUNK_SAMPLES)
         chunk = chunk_for(stored, work, chunk, budget)
     for part in work.chunks(chunk):
         with engine.begin() as connection:

@@ -33,7 +33,7 @@ from billing_assets.core.buckets import HELD_COLUMNS
 from billing_assets.core.plausibility import DEFAULT_MAX_BYTES_PER_SECOND
 from billing_assets.core.series_minutes import SeriesMinutes, SeriesSamples, derive_series_minutes
 from billing_assets.storage import binary_copy, quarantine
-from billing_assets.storage.bulk import copy_columns
+from billing_assets.storage.bulk import copy_columns, staging_table
 from billing_assets.storage.schema import usage_minute_buckets
 from billing_assets.storage.source_series import in_source_sql
 from billing_assets.storage.sql import typed
@@ -113,12 +113,11 @@ UNRELEASED_IN_WINDOW = typed(
     _RANGE,
 )
 
-_REWRITE = "_bucket_rewrite"
 # Only buckets whose values changed are rewritten (and counted); source_id is
 # not compared, as the key it would be compared under has none.
 UPSERT_CHANGED = f"""
     INSERT INTO usage_minute_buckets AS b ({", ".join(_WRITTEN)})
-    SELECT {", ".join(_WRITTEN)} FROM {_REWRITE}
+    SELECT {", ".join(_WRITTEN)} FROM {{staging}}
     ON CONFLICT ({", ".join(_SERIES)}, bucket_start) DO UPDATE SET
         source_id = excluded.source_id, email = excluded.email, uplink_bytes = excluded.uplink_bytes,
         downlink_bytes = excluded.downlink_bytes, sample_count = excluded.sample_count, updated_at = excluded.updated_at
@@ -244,13 +243,10 @@ def _write(connection: Connection, params: dict, columns: dict) -> int:
                 return copy_columns(connection, usage_minute_buckets.name, columns)
         except IntegrityError:
             pass  # a bucket of another source holds one of these keys: the upsert decides
-    connection.exec_driver_sql(f"DROP TABLE IF EXISTS {_REWRITE}")
-    connection.exec_driver_sql(
-        f"CREATE TEMPORARY TABLE {_REWRITE} ON COMMIT DROP AS SELECT {', '.join(_WRITTEN)} FROM usage_minute_buckets WITH NO DATA"
-    )
-    copy_columns(connection, _REWRITE, columns)
-    written = connection.exec_driver_sql(UPSERT_CHANGED).rowcount
-    connection.exec_driver_sql(f"DROP TABLE {_REWRITE}")
+    staging = staging_table(connection, usage_minute_buckets.name, _WRITTEN)
+    copy_columns(connection, staging, columns)
+    written = connection.exec_driver_sql(UPSERT_CHANGED.format(staging=staging)).rowcount
+    connection.exec_driver_sql(f"DROP TABLE {staging}")
     return int(written)
 
 

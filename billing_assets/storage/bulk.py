@@ -136,15 +136,21 @@ def bulk_upsert(
     conflict = f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET " + ", ".join(f"{c} = excluded.{c}" for c in update)
     if not is_postgres(connection):
         return _executemany(connection, f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))}) {conflict}", rows)
-    staging = f"_bulk_{table}"
-    connection.exec_driver_sql(f"DROP TABLE IF EXISTS {staging}")
-    connection.exec_driver_sql(
-        f"CREATE TEMPORARY TABLE {staging} ON COMMIT DROP AS SELECT {names} FROM {table} WITH NO DATA"
-    )
+    staging = staging_table(connection, table, columns)
     written = bulk_insert(connection, staging, columns, rows)
     connection.exec_driver_sql(f"INSERT INTO {table} ({names}) SELECT {names} FROM {staging} {conflict}")
     connection.exec_driver_sql(f"DROP TABLE {staging}")
     return written
+
+
+def staging_table(connection: Connection, table: str, columns: Sequence[str]) -> str:
+    """An empty temporary copy of `table`'s `columns` for this transaction (PostgreSQL): load it, merge from it, drop it."""
+    staging = f"_bulk_{table}"
+    connection.exec_driver_sql(f"DROP TABLE IF EXISTS {staging}")
+    connection.exec_driver_sql(
+        f"CREATE TEMPORARY TABLE {staging} ON COMMIT DROP AS SELECT {', '.join(columns)} FROM {table} WITH NO DATA"
+    )
+    return staging
 
 
 def _batches(rows: Iterable[tuple], size: int) -> Iterator[list[tuple]]:
