@@ -29,15 +29,15 @@ PG_MIN_MICROS = -211_813_488_000_000_000 + 946_684_800_000_000  # 4714-11-24 BC,
 PG_EPOCH_MICROS = 946_684_800_000_000  # 2000-01-01 UTC, where PostgreSQL counts from
 SQLITE_MICROS = (-62_135_596_800_000_000, 253_402_300_799_999_999)  # years 1..9999
 TABLES = {
-    "postgresql": "CREATE TABLE copy_probe (id int4 PRIMARY KEY, i4 int4, i8 bigint, at timestamptz,"
+    "postgresql": "CREATE TABLE copy_probe (id int4 PRIMARY KEY, tag text, i4 int4, i8 bigint, at timestamptz,"
     " label text, money numeric(20, 9), n numeric)",
     # decimals as text: what `types.Money` stores on SQLite
-    "sqlite": "CREATE TABLE copy_probe (id INTEGER PRIMARY KEY, i4 INTEGER, i8 INTEGER, at TEXT, label TEXT, money TEXT, n TEXT)",
+    "sqlite": "CREATE TABLE copy_probe (id INTEGER PRIMARY KEY, tag TEXT, i4 INTEGER, i8 INTEGER, at TEXT, label TEXT, money TEXT, n TEXT)",
 }
 READ_BACK = {
     # timestamptz_send: PostgreSQL's exact int64 µs since 2000 (EXTRACT(EPOCH) rounds near the int64 limits)
-    "postgresql": "SELECT id, i4, i8, timestamptz_send(at), label, money::text, n::text FROM copy_probe ORDER BY id",
-    "sqlite": "SELECT id, i4, i8, at, label, money, n FROM copy_probe ORDER BY id",
+    "postgresql": "SELECT id, tag, i4, i8, timestamptz_send(at), label, money::text, n::text FROM copy_probe ORDER BY id",
+    "sqlite": "SELECT id, tag, i4, i8, at, label, money, n FROM copy_probe ORDER BY id",
 }
 
 
@@ -70,6 +70,7 @@ def tables(draw, micros: tuple[int, int]):
     rows = draw(st.integers(0, 30))
     column = lambda strategy: draw(st.lists(strategy, min_size=rows, max_size=rows))  # noqa: E731
     return {
+        "tag": column(st.sampled_from(["vless-in", "vmess-in", None])),  # a second text column: rows group by both
         "i4": column(st.integers(-(2**31), 2**31 - 1)),
         "i8": column(INT64),
         "at": column(st.one_of(st.integers(*micros), st.sampled_from([0, -1, 946_684_800_000_000, micros[0], micros[1]]))),
@@ -84,6 +85,7 @@ def tables(draw, micros: tuple[int, int]):
 def _copy(connection, table: dict) -> int:
     ids = np.arange(len(table["i4"]), dtype=np.int64)
     return copy_columns(connection, "copy_probe", {
+        "tag": binary_copy.text(table["tag"]),  # text first and between fixed columns: the copy reorders them
         "id": binary_copy.int4(ids),
         "i4": binary_copy.int4(table["i4"]),
         "i8": binary_copy.int8(table["i8"]),
@@ -111,9 +113,9 @@ def _round_trip(engine, table: dict) -> list[tuple]:
 
 def _expected(table: dict, stored_time) -> list[tuple]:
     return [
-        (index, i4, i8, stored_time(at), label, _decimal(money, 9), _decimal(n, table["scale"]))
-        for index, (i4, i8, at, label, money, n) in enumerate(
-            zip(table["i4"], table["i8"], table["at"], table["label"], table["money"], table["n"])
+        (index, tag, i4, i8, stored_time(at), label, _decimal(money, 9), _decimal(n, table["scale"]))
+        for index, (tag, i4, i8, at, label, money, n) in enumerate(
+            zip(table["tag"], table["i4"], table["i8"], table["at"], table["label"], table["money"], table["n"])
         )
     ]
 
@@ -125,7 +127,7 @@ PROPERTY = settings(max_examples=60, deadline=None, suppress_health_check=[Healt
 @PROPERTY
 @given(table=tables((PG_MIN_MICROS, 2**63 - 1)))
 def test_postgres_stores_exactly_the_columns_copied(postgres_engine, table):
-    stored = [(*row[:3], PG_EPOCH_MICROS + int.from_bytes(row[3], "big", signed=True), *row[4:]) for row in _round_trip(postgres_engine, table)]
+    stored = [(*row[:4], PG_EPOCH_MICROS + int.from_bytes(row[4], "big", signed=True), *row[5:]) for row in _round_trip(postgres_engine, table)]
     assert stored == _expected(table, lambda micros: micros)
 
 
@@ -179,3 +181,63 @@ def test_a_duplicate_key_raises_sqlalchemy_integrity_error(request, engine):
 def test_values_that_do_not_fit_raise_instead_of_wrapping(build, error):
     with pytest.raises(error):
         build()
+
+
+def _decode(stream: bytes, kinds: list[str]) -> list[tuple]:
+    """An independent reader of the binary COPY format: rows as Python values (numeric as Decimal)."""
+    assert stream[:19] == binary_copy.HEADER and stream[-2:] == binary_copy.TRAILER
+    rows, at = [], 19
+    while at < len(stream) - 2:
+        assert int.from_bytes(stream[at:at + 2], "big") == len(kinds)
+        at += 2
+        row = []
+        for kind in kinds:
+            length = int.from_bytes(stream[at:at + 4], "big", signed=True)
+            at += 4
+            if length < 0:
+                row.append(None)
+                continue
+            value, at = stream[at:at + length], at + length
+            if kind == "text":
+                row.append(value.decode("utf-8"))
+            elif kind == "timestamptz":
+                row.append(PG_EPOCH_MICROS + int.from_bytes(value, "big", signed=True))
+            elif kind == "numeric":
+                words = [int.from_bytes(value[i:i + 2], "big") for i in range(0, length, 2)]
+                ndigits, weight, sign, scale = words[0], words[1] - (1 << 16) * (words[1] >= 1 << 15), words[2], words[3]
+                number = sum(Decimal(digit) * Decimal(10_000) ** (weight - i) for i, digit in enumerate(words[4:4 + ndigits]))
+                row.append((-number if sign == 0x4000 else number).quantize(Decimal(1).scaleb(-scale)))
+            else:
+                row.append(int.from_bytes(value, "big", signed=True))
+        rows.append(tuple(row))
+    assert at == len(stream) - 2
+    return rows
+
+
+KINDS = {
+    "int4": (binary_copy.int4, st.integers(-(2**31), 2**31 - 1)),
+    "int8": (binary_copy.int8, INT64),
+    "timestamptz": (binary_copy.timestamptz, st.integers(PG_MIN_MICROS, 2**63 - 1)),
+    "numeric": (lambda values: binary_copy.numeric(values, 9), INT64),
+    "text": (binary_copy.text, st.one_of(st.sampled_from(["a", "b", "é"]), texts)),  # few distinct values: real groups
+}
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_encode_writes_every_row_once_in_any_column_order_grouped_by_text(data):
+    """Rows come out grouped by their text values: given order within a group, groups by their first row."""
+    kinds = data.draw(st.lists(st.sampled_from(sorted(KINDS)), min_size=1, max_size=6), label="kinds")
+    rows = data.draw(st.integers(1, 40), label="rows")
+    values = [data.draw(st.lists(KINDS[kind][1], min_size=rows, max_size=rows)) for kind in kinds]
+    chunk_rows = data.draw(st.sampled_from([1, 3, 16, binary_copy.CHUNK_ROWS]), label="chunk_rows")
+    columns = [KINDS[kind][0](column) for kind, column in zip(kinds, values)]
+    expected = [
+        tuple(Decimal(value).scaleb(-9) if kind == "numeric" else value for kind, value in zip(kinds, row)) for row in zip(*values)
+    ]
+    texts_of = [tuple(row[i] for i, kind in enumerate(kinds) if kind == "text") for row in expected]
+    first_of = {}
+    for index, key in enumerate(texts_of):
+        first_of.setdefault(key, index)
+    order = sorted(range(rows), key=lambda index: (first_of[texts_of[index]], index))
+    assert _decode(b"".join(binary_copy.encode(columns, chunk_rows)), kinds) == [expected[index] for index in order]

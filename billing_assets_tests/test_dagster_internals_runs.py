@@ -92,3 +92,27 @@ def test_postgres_instance_storage_keeps_one_connection_and_still_records_runs(t
         assert len(opened) == after_first <= 3 * (1 + internals.HELD_OVERFLOW)
     finally:
         instance.dispose()
+
+
+@pytest.mark.postgres
+def test_a_held_instance_asks_the_catalog_once_for_a_table_it_has(tmp_path, postgres_server):
+    url = postgres_server.create_database().replace("postgresql+psycopg://", "postgresql+psycopg2://")
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "dagster.yaml").write_text(yaml.safe_dump({"storage": {"postgres": {"postgres_url": url}}, "telemetry": {"enabled": False}}))
+    instance = dg.DagsterInstance.from_config(str(home))
+    try:
+        storage = instance.event_log_storage
+        assert internals.hold_instance_connections(instance) is True
+        asked = []
+        event.listen(storage._engine, "before_cursor_execute", lambda *args: asked.append(args[2]))
+        assert storage.has_table("asset_check_executions") and storage.supports_asset_checks
+        first = len(asked)
+        assert first > 0, "the first question goes to the catalog"
+        assert storage.has_table("asset_check_executions") and storage.supports_asset_checks
+        assert len(asked) == first, "a table seen to exist is not asked about again"
+        assert storage.has_table("no_such_table") is False and storage.has_table("no_such_table") is False
+        assert len(asked) > first, "a missing table is asked about each time (a migration may add it)"
+        assert _materialize(ranged, instance).success
+    finally:
+        instance.dispose()

@@ -82,10 +82,12 @@ def copy_columns(
     if not is_postgres(connection):
         values = [_sqlite_values(column) for column in columns.values()]
         return _executemany(connection, f"INSERT INTO {table} ({names}) VALUES ({', '.join('?' * len(columns))})", zip(*values))
-    statement = f"COPY {table} ({names}) FROM STDIN (FORMAT BINARY)"
+    # fixed-width columns first: each row group is then one slice of the fixed bytes and one of text (binary_copy)
+    ordered = sorted(columns.items(), key=lambda item: item[1].kind == "text")
+    statement = f"COPY {table} ({', '.join(name for name, _ in ordered)}) FROM STDIN (FORMAT BINARY)"
     raw = connection.connection.driver_connection
     with _driver_errors(connection)(statement), raw.cursor() as cursor, cursor.copy(statement) as copy:
-        for chunk in binary_copy.encode(list(columns.values()), chunk_rows):
+        for chunk in binary_copy.encode([column for _, column in ordered], chunk_rows):
             copy.write(chunk)
     return rows
 
