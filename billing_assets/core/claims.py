@@ -59,5 +59,3 @@ def claim(since: datetime, until: datetime, fetches: list[Fetch]) -> tuple[list[
     return claims, open_
 
 
-def within(moment: datetime, intervals: list[Interval]) -> bool:
-    return any(start <= moment < end for start, end in intervals)

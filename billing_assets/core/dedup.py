@@ -17,6 +17,7 @@ run of rows whose first row is what is kept.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from operator import itemgetter
 
 import numpy as np
 
@@ -112,8 +113,65 @@ class Delivered:
         return len(self.key_index)
 
 
+@dataclass(frozen=True)
+class PageColumns:
+    """One validated window page as columns, ~24 bytes a sample: what dedup needs of it.
+
+    Its strings are held once each (a page repeats each series' uuid and tag
+    and each user's email in every snapshot), so a run worker can keep the
+    pages a fetch just parsed for its dedup step (`pipeline.parsed_pages`).
+    """
+
+    node_id: str
+    env: str
+    item_at: np.ndarray  # int64 µs since the Unix epoch: each item's collected_at
+    item_ends: np.ndarray  # int64: item i's samples are rows [item_ends[i-1], item_ends[i])
+    keys: list[tuple[str, str]]  # each distinct (uuid, inbound_tag) once
+    key_of: np.ndarray  # int64 per sample, into keys
+    emails: list[str]
+    email_of: np.ndarray  # int64 per sample, into emails
+    uplink: np.ndarray  # int64 per sample
+    downlink: np.ndarray
+
+    @property
+    def samples(self) -> int:
+        return len(self.key_of)
+
+
+def page_columns(node_id: str, env: str, items) -> PageColumns:
+    """Columns of a page's items, given as (collected_at µs, validated sample dicts) in page order.
+
+    `map` over `itemgetter`s and a dict probe per sample: a page of 120 k
+    samples in ~20 ms, where a comprehension per column took ~30.
+    """
+    keys: dict[tuple[str, str], int] = {}
+    emails: dict[str, int] = {}
+    item_at, ends, key_of, email_of, uplink, downlink = [], [], [], [], [], []
+    for at_us, samples in items:
+        item_at.append(at_us)
+        for codes, table, getter in ((key_of, keys, _KEY), (email_of, emails, _EMAIL)):
+            known = table.get
+            for value in map(getter, samples):
+                code = known(value)
+                if code is None:
+                    code = table[value] = len(table)
+                codes.append(code)
+        uplink.extend(map(_UPLINK, samples))
+        downlink.extend(map(_DOWNLINK, samples))
+        ends.append(len(key_of))
+    as_int64 = lambda values: np.asarray(values, dtype=np.int64)  # noqa: E731
+    return PageColumns(
+        node_id, env, as_int64(item_at), as_int64(ends), list(keys), as_int64(key_of), list(emails), as_int64(email_of),
+        as_int64(uplink), as_int64(downlink),
+    )  # fmt: skip
+
+
+_KEY, _EMAIL = itemgetter("uuid", "inbound_tag"), itemgetter("email")
+_UPLINK, _DOWNLINK = itemgetter("uplink_bytes_total"), itemgetter("downlink_bytes_total")
+
+
 class DeliveredBuilder:
-    """Collects snapshots into `Delivered` columns with one dict lookup per sample."""
+    """Collects pages (and staged rows) into `Delivered` columns, one dict lookup per series."""
 
     def __init__(self) -> None:
         self._index: dict[tuple[str, str, str, str], int] = {}
@@ -127,28 +185,42 @@ class DeliveredBuilder:
     def size(self) -> int:
         return len(self._key_index)
 
-    def add_snapshot(self, node_id: str, env: str, at_us: int, samples: list[dict]) -> None:
-        index = self._index
-        for sample in samples:
-            key = (node_id, env, sample["uuid"], sample["inbound_tag"])
-            position = index.get(key)
-            if position is None:
-                position = index[key] = len(index)
-            self._key_index.append(position)
-        self._at.extend([at_us] * len(samples))
-        self._uplink.extend([sample["uplink_bytes_total"] for sample in samples])
-        self._downlink.extend([sample["downlink_bytes_total"] for sample in samples])
-        self._email.extend([sample["email"] for sample in samples])
+    def _position(self, key: tuple[str, str, str, str]) -> int:
+        position = self._index.get(key)
+        if position is None:
+            position = self._index[key] = len(self._index)
+        return position
+
+    def add_page(self, page: "PageColumns", intervals_us: list[tuple[int, int]]) -> None:
+        """The page's samples collected inside `intervals_us` ([start, end) µs), in page order.
+
+        Series get their positions in order of first delivery, as one
+        sample at a time would give them, so the columns do not depend on
+        how the deliveries were cut into pages.
+        """
+        sizes = np.diff(page.item_ends, prepend=0)
+        wanted = np.zeros(len(page.item_at), dtype=bool)
+        for start, end in intervals_us:
+            wanted |= (page.item_at >= start) & (page.item_at < end)
+        rows = np.repeat(wanted, sizes)
+        if not rows.any():
+            return
+        key_of = page.key_of[rows]
+        present, first = np.unique(key_of, return_index=True)
+        positions = np.zeros(len(page.keys), dtype=np.int64)
+        for key in present[np.argsort(first, kind="stable")].tolist():
+            positions[key] = self._position((page.node_id, page.env, *page.keys[key]))
+        self._key_index.extend(positions[key_of].tolist())
+        self._at.extend(np.repeat(page.item_at, sizes)[rows].tolist())
+        self._uplink.extend(page.uplink[rows].tolist())
+        self._downlink.extend(page.downlink[rows].tolist())
+        emails = page.emails
+        self._email.extend([emails[code] for code in page.email_of[rows].tolist()])
 
     def add_rows(self, rows) -> None:
         """Rows of (node_id, env, uuid, inbound_tag, at_us, email, uplink, downlink), in delivery order."""
-        index = self._index
         for node_id, env, uuid, inbound_tag, at_us, email, uplink, downlink in rows:
-            key = (node_id, env, uuid, inbound_tag)
-            position = index.get(key)
-            if position is None:
-                position = index[key] = len(index)
-            self._key_index.append(position)
+            self._key_index.append(self._position((node_id, env, uuid, inbound_tag)))
             self._at.append(at_us)
             self._uplink.append(uplink)
             self._downlink.append(downlink)

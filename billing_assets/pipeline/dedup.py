@@ -2,8 +2,9 @@
 
 The deliveries are read from the kept page bodies of the fetch that speaks
 for each instant of the range (`core.claims`), parsed with the same model
-the fetch validated them with, and from staged rows where no kept page
-covers the range (`legacy_latest` pulls, fetches from before migration 0012).
+the fetch validated them with (or taken as this process's fetch validated
+them, `parsed_pages`), and from staged rows where no kept page covers the
+range (`legacy_latest` pulls, fetches from before migration 0012).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from itertools import islice
 from pydantic import ValidationError
 from sqlalchemy import Connection, Engine
 
-from billing_assets.core.claims import Interval, claim, within
-from billing_assets.core.dedup import Delivered, DeliveredBuilder
+from billing_assets.core.claims import claim
+from billing_assets.core.dedup import Delivered, DeliveredBuilder, PageColumns
 from billing_assets.core.timeutil import now_utc
+from billing_assets.pipeline import parsed_pages
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.model import Source
 from billing_assets.settings import DEFAULT_DEDUP_HORIZON
@@ -80,8 +82,11 @@ def iter_deliveries(
     claims, unclaimed = claim(since, until, list(fetches.values()))
     builder = DeliveredBuilder()
     for fetch_id, intervals in claims:
-        for body in _kept_bodies(connection, source_id, fetches[fetch_id]):
-            _add_page(builder, source_id, body, intervals)
+        fetch = fetches[fetch_id]
+        intervals_us = [(epoch_micros_of(start), epoch_micros_of(end)) for start, end in intervals]
+        for page_id, sha256 in snapshots.kept_pages(connection, source_id, fetch):
+            page = parsed_pages.take(sha256) or _parse_kept(connection, source_id, fetch, page_id)
+            builder.add_page(page, intervals_us)
             if max_chunk is not None and builder.size >= max_chunk:
                 yield builder.build()
                 builder = DeliveredBuilder()
@@ -96,19 +101,15 @@ def iter_deliveries(
         yield builder.build()
 
 
-def _kept_bodies(connection: Connection, source_id: str, fetch) -> Iterator[bytes]:
-    """A fetch's kept bodies; a damaged one fails the step naming the source and the fetch (nothing is written)."""
+def _parse_kept(connection: Connection, source_id: str, fetch, page_id: int) -> PageColumns:
+    """A kept page read back and validated again: a damaged or no longer valid one fails the step
+    naming the source and the fetch (nothing is written)."""
     try:
-        yield from snapshots.fetch_bodies(connection, source_id, fetch)
+        body = snapshots.kept_body(connection, source_id, fetch, page_id)
     except ValueError as error:
         raise SourceFetchError(source_id, f"kept page of fetch {fetch.fetch_id}: {error}; re-fetch the window") from None
-
-
-def _add_page(builder: DeliveredBuilder, source_id: str, body: bytes, intervals: list[Interval]) -> None:
     try:
         page = WindowPage.model_validate_json(body)
     except ValidationError as error:  # validated when fetched: the rules changed since, or the store is damaged
         raise SourceFetchError(source_id, f"kept page body no longer validates: {describe_validation(error)}") from None
-    for item in page.items:
-        if within(item.collected_at, intervals):
-            builder.add_snapshot(page.node_id, page.env, epoch_micros_of(item.collected_at), item.samples)
+    return parsed_pages.columns_of(page)

@@ -22,7 +22,9 @@ from datetime import datetime
 
 from sqlalchemy import Engine
 
+from billing_assets.core.dedup import PageColumns
 from billing_assets.core.timeutil import floor_minute, now_utc
+from billing_assets.pipeline import parsed_pages
 from billing_assets.pipeline.progress import Progress
 from billing_assets.pipeline.slices import Slice
 from billing_assets.registry.model import Source
@@ -57,6 +59,7 @@ class _SpooledPage:
     cursor: str | None  # the cursor sent for this page (None for the first)
     body_sha256: str
     body_encoding: str
+    columns: PageColumns | None  # the validated page for this run's dedup (`parsed_pages`), held once kept
 
 
 def _download(
@@ -65,9 +68,11 @@ def _download(
     """Every page of the window into `spool` as kept (compressed, length-prefixed); no database.
 
     Bodies, not parsed rows: what is stored is then exactly what was received
-    and checked, and dedup parses it again with the same rules.
+    and checked, and a dedup in another process parses it again with the same
+    rules. Each page's columns (~24 bytes a sample) stay for this process's dedup.
     """
     pages: list[_SpooledPage] = []
+    held = 0
     for fetched in client.iter_window(since, until):
         page = fetched.page
         kept = page_bodies.keep(fetched.body)
@@ -79,10 +84,14 @@ def _download(
             by_minute[floor_minute(item.collected_at)] += len(item.samples)
         if progress and page.items:
             progress.advance(floor_minute(page.items[-1].collected_at), samples)
+        columns = None
+        if parsed_pages.room(samples, held):
+            columns = parsed_pages.columns_of(page)
+            held += samples
         pages.append(
             _SpooledPage(
                 fetched.page_no, len(page.items), samples, fetched.body_bytes, page.emitted_at, clock(), fetched.cursor,
-                kept.sha256, kept.encoding,
+                kept.sha256, kept.encoding, columns,
             )
         )
         del fetched, page, kept  # one page in memory at a time, not two
@@ -147,6 +156,8 @@ def fetch_slice(
                     stats.body_bytes += spooled.body_bytes
                 last_cursor = pages[-1].cursor if pages else None
                 checkpoints.record_success(connection, source.source_id, since, until, last_cursor, clock())
+        # kept (committed): this process's dedup may use what it validated
+        parsed_pages.hold_fetch([(spooled.body_sha256, spooled.columns) for spooled in pages if spooled.columns is not None])
     except SourceFetchError as error:
         with engine.begin() as connection:
             checkpoints.record_failure(connection, source.source_id, str(error), now)

@@ -65,21 +65,34 @@ def kept_fetches(connection: Connection, source_id: str, since: datetime, until:
     return [Fetch(fetch_id, fetch_since, fetch_until, int(last_id)) for fetch_id, fetch_since, fetch_until, last_id in rows]
 
 
-def fetch_bodies(connection: Connection, source_id: str, fetch: Fetch) -> Iterator[bytes]:
-    """One fetch's page bodies as received, in page order, each checked against its sha256.
+def kept_pages(connection: Connection, source_id: str, fetch: Fetch) -> list[tuple[int, str | None]]:
+    """One fetch's kept pages as (id, sha256 of the body as received), in page order.
 
-    One page at a time, so memory is one body, as it was when downloading.
     The fetch's window start narrows the lookup to one (source_id, fetch_since)
     index range and one day partition, not every page the source kept.
     """
     table = exporter_pages
-    where = (table.c.source_id == source_id, table.c.fetch_since == fetch.since, table.c.fetch_id == fetch.fetch_id)
-    ids = connection.execute(select(table.c.id).where(*where).order_by(table.c.page_no)).scalars().all()
-    for page_id in ids:
-        data, encoding, sha256 = connection.execute(
-            select(table.c.body, table.c.body_encoding, table.c.body_sha256).where(*where, table.c.id == page_id)
-        ).one()
-        yield received(bytes(data), encoding, sha256)
+    rows = connection.execute(
+        select(table.c.id, table.c.body_sha256).where(*_of_fetch(source_id, fetch)).order_by(table.c.page_no)
+    )
+    return [(int(page_id), sha256) for page_id, sha256 in rows]
+
+
+def kept_body(connection: Connection, source_id: str, fetch: Fetch, page_id: int) -> bytes:
+    """One kept page's body as received, checked against its sha256 (ValueError if it is not that body).
+
+    One page at a time, so memory is one body, as it was when downloading.
+    """
+    table = exporter_pages
+    data, encoding, sha256 = connection.execute(
+        select(table.c.body, table.c.body_encoding, table.c.body_sha256).where(*_of_fetch(source_id, fetch), table.c.id == page_id)
+    ).one()
+    return received(bytes(data), encoding, sha256)
+
+
+def _of_fetch(source_id: str, fetch: Fetch) -> tuple:
+    table = exporter_pages
+    return (table.c.source_id == source_id, table.c.fetch_since == fetch.since, table.c.fetch_id == fetch.fetch_id)
 
 
 def staged_deliveries(connection: Connection, source_id: str, intervals: list[Interval]) -> Iterator[tuple]:
