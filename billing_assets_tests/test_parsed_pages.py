@@ -119,11 +119,29 @@ def test_only_the_first_pages_are_held_past_the_bound_and_every_sample_is_still_
     assert done.inserted == stored == stats.samples and parsed_pages.held() == (0, 0)
 
 
-def test_a_newer_fetch_replaces_what_an_older_one_left_held(fetched):
+def test_a_long_range_holds_its_first_slices_and_a_page_nobody_took_expires(fetched, monkeypatch):
+    """Slices are all fetched before the first is deduplicated: first come, first held, never evicted for a newer one."""
     env, source, work, stats = fetched
-    later = Slice("s1", work.end, work.end + timedelta(minutes=5))
-    newer = fetch_slice(env.engine, source, later, retry=FAST_RETRY)
-    assert parsed_pages.held() == (newer.pages, newer.samples)
+    monkeypatch.setattr(parsed_pages, "MAX_HELD_SAMPLES", stats.samples + 1)
+    later = fetch_slice(env.engine, source, Slice("s1", work.end, work.end + timedelta(minutes=5)), retry=FAST_RETRY)
+    assert later.samples > 1 and parsed_pages.held() == (stats.pages, stats.samples), "the first slice's pages stay"
+    dedup_slice(env.engine, source, work)
+    assert parsed_pages.held() == (0, 0)
+    monkeypatch.setattr(parsed_pages, "HOLD_SECONDS", 0.0)
+    parsed_pages.hold([("sha", parsed_pages.columns_of(_a_page()))])
+    assert parsed_pages.held() == (1, 1)
+    assert parsed_pages.room(0, 0) and parsed_pages.held() == (0, 0), "not taken in time: dropped"
+
+
+def _a_page():
+    from billing_assets.transport.envelope import WindowPage
+
+    sample = {"uuid": "u", "email": "e", "inbound_tag": "t", "uplink_bytes_total": 1, "downlink_bytes_total": 2}
+    return WindowPage.model_validate({
+        "source_id": "s1", "node_id": "n", "env": "prod", "window_start": "2026-12-01T00:00:00Z",
+        "window_end": "2026-12-01T00:01:00Z", "items": [{"collected_at": "2026-12-01T00:00:00Z", "samples": [sample]}],
+        "has_more": False, "emitted_at": "2026-12-01T00:01:00Z",
+    })  # fmt: skip
 
 
 def test_a_body_damaged_in_the_store_is_billed_as_received_then_refused_on_the_next_read(fetched):

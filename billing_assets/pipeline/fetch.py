@@ -157,7 +157,7 @@ def fetch_slice(
                 last_cursor = pages[-1].cursor if pages else None
                 checkpoints.record_success(connection, source.source_id, since, until, last_cursor, clock())
         # kept (committed): this process's dedup may use what it validated
-        parsed_pages.hold_fetch([(spooled.body_sha256, spooled.columns) for spooled in pages if spooled.columns is not None])
+        parsed_pages.hold([(spooled.body_sha256, spooled.columns) for spooled in pages if spooled.columns is not None])
     except SourceFetchError as error:
         with engine.begin() as connection:
             checkpoints.record_failure(connection, source.source_id, str(error), now)

@@ -13,23 +13,26 @@ longer matches) reads the kept body as before, and a damaged kept body still
 fails there; a body damaged in the store between the two steps of one run is
 billed as it was received and fails the next read.
 
-Bounded: one fetch at a time (the newest), at most `MAX_HELD_SAMPLES` samples
-of it (~24 bytes each; its first pages, the ones dedup reads first); dedup
-takes each page out as it reads it.
+Bounded: at most `MAX_HELD_SAMPLES` samples (~24 bytes each), first come
+first held, so a long range's first pages (the ones its dedup reads first);
+dedup takes each page out as it reads it, and a page nobody took within
+`HOLD_SECONDS` is dropped.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 
 from billing_assets.core.dedup import PageColumns, page_columns
 from billing_assets.storage.times import epoch_micros_of
 from billing_assets.transport.envelope import WindowPage
 
 MAX_HELD_SAMPLES = 2_000_000  # ~50 MB; a source-hour of 1,000 users is ~350 k
+HOLD_SECONDS = 900.0  # a page no dedup took by then belongs to a run that stopped before its dedup
 
 _lock = threading.Lock()
-_held: dict[str, PageColumns] = {}
+_held: dict[str, tuple[float, PageColumns]] = {}  # sha256 -> (when held, page), in the order held
 _held_samples = 0
 
 
@@ -39,25 +42,39 @@ def columns_of(page: WindowPage) -> PageColumns:
 
 
 def room(samples: int, already: int) -> bool:
-    """Whether a fetch that has `already` samples to hold may hold `samples` more."""
-    return already + samples <= MAX_HELD_SAMPLES
+    """Whether a fetch that will hold `already` samples may hold `samples` more, besides what is held."""
+    with _lock:
+        _expire(time.monotonic())
+        return _held_samples + already + samples <= MAX_HELD_SAMPLES
 
 
-def hold_fetch(pages: list[tuple[str, PageColumns]]) -> None:
-    """Hold one fetch's validated pages (sha256 of each body as received, its columns) in place of any held before.
+def hold(pages: list[tuple[str, PageColumns]]) -> None:
+    """Hold one fetch's validated pages (sha256 of each body as received, its columns), in page order.
 
-    Dedup follows its own fetch, so only the newest fetch is worth holding;
-    an older one whose dedup never ran would only take the room.
+    First come, first held: the slices of a long range are all fetched
+    before the first is deduplicated, and dedup reads them in order, so the
+    first pages are the ones worth holding. A page is never evicted for a
+    newer one; one left by a run that stopped before its dedup expires.
     """
     global _held_samples
     with _lock:
-        _held.clear()
-        _held_samples = 0
+        now = time.monotonic()
+        _expire(now)
         for sha256, page in pages:
-            if not room(page.samples, _held_samples):
+            if _held_samples + page.samples > MAX_HELD_SAMPLES:
                 break
-            _held[sha256] = page
-            _held_samples += page.samples
+            previous = _held.pop(sha256, None)
+            _held_samples += page.samples - (previous[1].samples if previous else 0)
+            _held[sha256] = (now, page)
+
+
+def _expire(now: float) -> None:
+    global _held_samples
+    for sha256, (since, page) in list(_held.items()):
+        if now - since < HOLD_SECONDS:
+            break  # held in order: the rest are younger
+        del _held[sha256]
+        _held_samples -= page.samples
 
 
 def take(sha256: str | None) -> PageColumns | None:
@@ -66,10 +83,11 @@ def take(sha256: str | None) -> PageColumns | None:
     if sha256 is None:
         return None
     with _lock:
-        page = _held.pop(sha256, None)
-        if page is not None:
-            _held_samples -= page.samples
-        return page
+        entry = _held.pop(sha256, None)
+        if entry is None:
+            return None
+        _held_samples -= entry[1].samples
+        return entry[1]
 
 
 def held() -> tuple[int, int]:
