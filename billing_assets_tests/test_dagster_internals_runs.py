@@ -67,52 +67,52 @@ def test_sqlite_instance_storage_is_left_alone(tmp_path):
         assert internals.hold_instance_connections(instance) is False
 
 
-@pytest.mark.postgres
-def test_postgres_instance_storage_keeps_one_connection_and_still_records_runs(tmp_path, postgres_server):
+@pytest.fixture
+def postgres_instance(tmp_path, postgres_server):
+    """A Dagster instance whose runs and events live in a fresh PostgreSQL database (dagster-postgres, psycopg2)."""
     url = postgres_server.create_database().replace("postgresql+psycopg://", "postgresql+psycopg2://")
     home = tmp_path / "home"
     home.mkdir()
     (home / "dagster.yaml").write_text(yaml.safe_dump({"storage": {"postgres": {"postgres_url": url}}, "telemetry": {"enabled": False}}))
     instance = dg.DagsterInstance.from_config(str(home))
     try:
-        assert isinstance(instance.event_log_storage._engine.pool, pool.NullPool), "dagster-postgres default"
-        assert internals.hold_instance_connections(instance) is True
-        assert not isinstance(instance.event_log_storage._engine.pool, pool.NullPool)
-        assert not isinstance(instance.run_storage._engine.pool, pool.NullPool)
-        assert internals.hold_instance_connections(instance) is False, "once per instance"
-        opened = []
-        for storage in (instance.run_storage, instance.event_log_storage, instance.schedule_storage):
-            event.listen(storage._engine, "connect", lambda *_: opened.append(1))
-        assert _materialize(ranged, instance).success
-        after_first = len(opened)
-        for _ in range(2):
-            assert _materialize(ranged, instance).success
-        assert len(instance.fetch_materializations(dg.AssetKey("ranged"), limit=10).records) == 6
-        # Later runs' events go over the connections the first one made (nested ones included).
-        assert len(opened) == after_first <= 3 * (1 + internals.HELD_OVERFLOW)
+        yield instance
     finally:
         instance.dispose()
 
 
 @pytest.mark.postgres
-def test_a_held_instance_asks_the_catalog_once_for_a_table_it_has(tmp_path, postgres_server):
-    url = postgres_server.create_database().replace("postgresql+psycopg://", "postgresql+psycopg2://")
-    home = tmp_path / "home"
-    home.mkdir()
-    (home / "dagster.yaml").write_text(yaml.safe_dump({"storage": {"postgres": {"postgres_url": url}}, "telemetry": {"enabled": False}}))
-    instance = dg.DagsterInstance.from_config(str(home))
-    try:
-        storage = instance.event_log_storage
-        assert internals.hold_instance_connections(instance) is True
-        asked = []
-        event.listen(storage._engine, "before_cursor_execute", lambda *args: asked.append(args[2]))
-        assert storage.has_table("asset_check_executions") and storage.supports_asset_checks
-        first = len(asked)
-        assert first > 0, "the first question goes to the catalog"
-        assert storage.has_table("asset_check_executions") and storage.supports_asset_checks
-        assert len(asked) == first, "a table seen to exist is not asked about again"
-        assert storage.has_table("no_such_table") is False and storage.has_table("no_such_table") is False
-        assert len(asked) > first, "a missing table is asked about each time (a migration may add it)"
+def test_postgres_instance_storage_keeps_one_connection_and_still_records_runs(postgres_instance):
+    instance = postgres_instance
+    assert isinstance(instance.event_log_storage._engine.pool, pool.NullPool), "dagster-postgres default"
+    assert internals.hold_instance_connections(instance) is True
+    assert not isinstance(instance.event_log_storage._engine.pool, pool.NullPool)
+    assert not isinstance(instance.run_storage._engine.pool, pool.NullPool)
+    assert internals.hold_instance_connections(instance) is False, "once per instance"
+    opened = []
+    for storage in (instance.run_storage, instance.event_log_storage, instance.schedule_storage):
+        event.listen(storage._engine, "connect", lambda *_: opened.append(1))
+    assert _materialize(ranged, instance).success
+    after_first = len(opened)
+    for _ in range(2):
         assert _materialize(ranged, instance).success
-    finally:
-        instance.dispose()
+    assert len(instance.fetch_materializations(dg.AssetKey("ranged"), limit=10).records) == 6
+    # Later runs' events go over the connections the first one made (nested ones included).
+    assert len(opened) == after_first <= 3 * (1 + internals.HELD_OVERFLOW)
+
+
+@pytest.mark.postgres
+def test_a_held_instance_asks_the_catalog_once_for_a_table_it_has(postgres_instance):
+    instance = postgres_instance
+    storage = instance.event_log_storage
+    assert internals.hold_instance_connections(instance) is True
+    asked = []
+    event.listen(storage._engine, "before_cursor_execute", lambda *args: asked.append(args[2]))
+    assert storage.has_table("asset_check_executions") and storage.supports_asset_checks
+    first = len(asked)
+    assert first > 0, "the first question goes to the catalog"
+    assert storage.has_table("asset_check_executions") and storage.supports_asset_checks
+    assert len(asked) == first, "a table seen to exist is not asked about again"
+    assert storage.has_table("no_such_table") is False and storage.has_table("no_such_table") is False
+    assert len(asked) > first, "a missing table is asked about each time (a migration may add it)"
+    assert _materialize(ranged, instance).success
