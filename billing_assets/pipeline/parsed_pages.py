@@ -3,13 +3,13 @@
 A run's steps run one after another in one process (`in_process_executor`),
 so dedup usually reads pages this process downloaded and validated moments
 before. Reading a kept body back, decompressing it, checking its sha256 and
-validating it again cost ~0.3 s of a source-hour's ~0.6 s of dedup CPU
-(bench.steps, round 13). A page is held by the sha256 of its body as
+validating it again cost ~0.4 s of a source-hour's ~0.6 s of dedup CPU
+(bench/RESULTS.md, round 13). A page is held by the sha256 of its body as
 received, which is the key dedup finds next to each kept body: it is reused
 only for exactly the bytes dedup would otherwise re-read and re-validate with
 the same model, so both roads give the same deliveries. Anything not held
-(another process, a later replay, an evicted page, a recorded sha256 that no
-longer matches) reads the kept body as before, and a damaged kept body still
+(another process, a later replay, a page past the bound or expired, a
+recorded sha256 that no longer matches) reads the kept body as before, and a damaged kept body still
 fails there; a body damaged in the store between the two steps of one run is
 billed as it was received and fails the next read.
 

@@ -103,12 +103,13 @@ def row_count(columns: Sequence[Column]) -> int:
     return lengths.pop()
 
 
-def encode(columns: Sequence[Column], chunk_rows: int = CHUNK_ROWS) -> Iterator[bytes]:
+def encode(columns: Sequence[Column], chunk_rows: int = CHUNK_ROWS) -> Iterator[bytes | memoryview]:
     """The whole COPY stream (header, rows in chunks of up to `chunk_rows`, trailer) for `columns` in order.
 
     Rows come out grouped by their text values (see the module docstring);
     within a group they keep the order given, and groups come in the order
-    of their first row.
+    of their first row. Chunks are memoryviews of their buffers (no copy);
+    psycopg's `Copy.write` takes them as they are.
     """
     rows = row_count(columns)
     layout = _Layout(columns)
