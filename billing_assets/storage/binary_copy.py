@@ -12,7 +12,7 @@ bytes are the same in every row: a group is one 2-D block of equal-length
 rows, filled with a slice of the chunk's fixed-width bytes (converted for
 all rows at once) and a broadcast of its text. Per group that is a few numpy
 calls, where scattering every byte through index arrays cost ~0.45 s of
-client CPU a source-hour (bench.steps, round 13). The grouping also suits
+client CPU a source-hour (bench/RESULTS.md, round 13). The grouping also suits
 the server: the rows of one series arrive together, so their inserts into
 the text-keyed indexes land on the same leaf pages. COPYing a source-hour of
 ledger entries in minute order cost PostgreSQL 0.64–0.78 s, grouped 0.48–0.55 s
