@@ -19,7 +19,7 @@ from billing_assets.core.pricing import NANOS, Pricing
 from billing_assets.storage import binary_copy
 from billing_assets.storage.schema import billing_ledger
 from billing_assets.storage.bulk import copy_columns
-from billing_assets.storage.sql import prefer_hash_joins, read_frame, typed
+from billing_assets.storage.sql import prefer_hashing, read_frame, typed
 from billing_assets.storage.times import epoch_micros, epoch_micros_of, minute_select, parse_minute, time_select
 from billing_assets.storage.types import Money, UTCDateTime
 
@@ -79,7 +79,7 @@ def count_buckets(connection: Connection, source_id: str, start: datetime, end: 
 
 
 def load_ledger_state(connection: Connection, source_id: str, start: datetime, end: datetime) -> pd.DataFrame:
-    prefer_hash_joins(connection)
+    prefer_hashing(connection)
     statement = _buckets_with_charges(time_select(connection, "b.bucket_start"))
     params = {"source_id": source_id, "start": start, "end": end}
     return read_frame(connection, statement, params, LEDGER_STATE_COLUMNS, times=["bucket_start"])
@@ -121,13 +121,13 @@ def ledger_mismatches_per_minute(
 ) -> dict[tuple[str, datetime], int]:
     """Buckets of [start, end) whose ledger entries do not sum to them, per (source, bucket minute).
 
-    One grouped query for a whole range (a hash join, see `prefer_hash_joins`),
+    One grouped query for a whole range (a hash join, see `prefer_hashing`),
     so the ledger check's per-window verdicts cost one round trip whatever the
     range length. Minutes without a mismatch are absent.
     """
     if not source_ids:
         return {}
-    prefer_hash_joins(connection)  # 8+ minutes as a nested loop on fresh ranges; see sql.prefer_hash_joins
+    prefer_hashing(connection)  # 8+ minutes as a nested loop on fresh ranges; see sql.prefer_hashing
     statement = text(_ledger_mismatches_per_minute_sql(minute_select(connection, "b.bucket_start"))).bindparams(
         bindparam("source_ids", expanding=True), bindparam("start", type_=UTCDateTime()), bindparam("end", type_=UTCDateTime())
     )

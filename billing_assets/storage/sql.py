@@ -64,7 +64,7 @@ def read_frame(
 HASHING_WORK_MEM = "64MB"  # per hash node of one of these queries, for the transaction only
 
 
-def prefer_hash_joins(connection: Connection) -> None:
+def prefer_hashing(connection: Connection) -> None:
     """For the rest of this transaction, make PostgreSQL hash-join and hash-aggregate our range joins.
 
     Freshly written time ranges lie past the planner's statistics, so it
